@@ -1,0 +1,126 @@
+"""Networks shared by every agent: MLPs, a resettable GRU core and actor-critic heads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "tanh": nn.tanh,
+    "relu": nn.relu,
+    "leaky_relu": nn.leaky_relu,
+    "gelu": nn.gelu,
+    "silu": nn.silu,
+}
+
+
+def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The activation called ``name``; a ValueError lists the known ones otherwise."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def dense(features: int, scale: float = np.sqrt(2.0)) -> nn.Dense:
+    """A dense layer with orthogonal init of the given gain and zero bias."""
+    return nn.Dense(features, kernel_init=nn.initializers.orthogonal(scale))
+
+
+class MLP(nn.Module):
+    """Dense layers with an activation after each hidden layer (and the last, if asked)."""
+
+    features: Sequence[int]
+    activation: str = "tanh"
+    activate_final: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # [..., D] -> [..., features[-1]]
+        act = activation_fn(self.activation)
+        for i, width in enumerate(self.features):
+            x = dense(width)(x)
+            if i < len(self.features) - 1 or self.activate_final:
+                x = act(x)
+        return x
+
+
+class PolicyHead(nn.Module):
+    """A categorical (``discrete``) or diagonal-Gaussian policy over ``action_dim`` actions."""
+
+    action_dim: int
+    discrete: bool
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> distrax.Distribution:  # [..., H] -> dist over [...]
+        out = dense(self.action_dim, scale=0.01)(x)
+        if self.discrete:
+            return distrax.Categorical(logits=out)
+        log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
+        return distrax.MultivariateNormalDiag(out, jnp.exp(log_std))
+
+
+class ActorCritic(nn.Module):
+    """Separate actor and critic MLP torsos; returns the policy and the value."""
+
+    action_dim: int
+    discrete: bool
+    hidden: Sequence[int] = (64, 64)
+    activation: str = "tanh"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> tuple[distrax.Distribution, jax.Array]:
+        # obs [..., obs_dim] -> (dist over [...], value [...])
+        pi = PolicyHead(self.action_dim, self.discrete)(MLP(self.hidden, self.activation)(obs))
+        value = dense(1, scale=1.0)(MLP(self.hidden, self.activation)(obs))
+        return pi, value[..., 0]
+
+
+class ResettableGRU(nn.Module):
+    """A GRU scanned over time whose hidden state is zeroed where ``resets`` is set."""
+
+    hidden_size: int
+
+    @nn.compact
+    def __call__(
+        self, carry: jax.Array, xs: jax.Array, resets: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        # carry [B, H], xs [T, B, D], resets [T, B] -> (carry [B, H], ys [T, B, H])
+        def step(cell, h, inputs):
+            x, reset = inputs
+            h = jnp.where(reset[:, None], jnp.zeros_like(h), h)
+            return cell(h, x)
+
+        scan = nn.scan(
+            step, variable_broadcast="params", split_rngs={"params": False}, in_axes=0, out_axes=0
+        )
+        return scan(nn.GRUCell(self.hidden_size), carry, (xs, resets))
+
+    @staticmethod
+    def initial_carry(batch_size: int, hidden_size: int) -> jax.Array:  # [B, H]
+        return jnp.zeros((batch_size, hidden_size), jnp.float32)
+
+
+class RecurrentActorCritic(nn.Module):
+    """Embedding MLP -> resettable GRU -> actor and critic MLP heads (shared memory)."""
+
+    action_dim: int
+    discrete: bool
+    embed: Sequence[int] = (128,)
+    hidden_size: int = 128
+    head: Sequence[int] = (128,)
+    activation: str = "tanh"
+
+    @nn.compact
+    def __call__(
+        self, carry: jax.Array, obs: jax.Array, resets: jax.Array
+    ) -> tuple[jax.Array, distrax.Distribution, jax.Array]:
+        # carry [B, H], obs [T, B, obs_dim], resets [T, B] -> carry, dist over [T, B], value [T, B]
+        x = MLP(self.embed, self.activation)(obs)
+        carry, x = ResettableGRU(self.hidden_size)(carry, x, resets)
+        pi = PolicyHead(self.action_dim, self.discrete)(MLP(self.head, self.activation)(x))
+        value = dense(1, scale=1.0)(MLP(self.head, self.activation)(x))
+        return carry, pi, value[..., 0]

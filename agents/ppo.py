@@ -1,0 +1,346 @@
+"""Proximal Policy Optimisation, feed-forward or recurrent (GRU), as one pure training function.
+
+    train = make_train(config, env, env_params)
+    runner_state, metrics = jax.jit(train)(key)                       # one run
+    runner_state, metrics = jax.jit(jax.vmap(train))(keys)            # many seeds at once
+    jax.vmap(lambda c, k: make_train(c, env, env_params)(k))(stack_configs(cfgs), keys)  # sweep
+
+The whole loop is nested ``lax.scan``s: updates > (rollout steps, epochs > minibatches).
+``make_ppo`` also exposes ``init`` and a single ``update`` so that runners can execute the
+same computation in chunks (for progress, checkpoints and resumption).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from flax.training.train_state import TrainState
+
+from agents.checkpoint import load_policy as checkpoint_load_policy
+from agents.checkpoint import save_policy
+from agents.gae import gae
+from agents.hparams import from_dict, is_concrete, require, static, sweepable, to_dict
+from agents.networks import ActorCritic, RecurrentActorCritic, activation_fn
+from envs.core import spaces
+from envs.wrappers import EpisodeStats
+
+
+@struct.dataclass
+class PPOConfig:
+    """PPO settings; static fields fix shapes and loop lengths, the rest can be vmapped."""
+
+    num_envs: int = static(4)
+    num_steps: int = static(128)
+    total_timesteps: int = static(500_000)
+    update_epochs: int = static(4)
+    num_minibatches: int = static(4)
+    hidden: tuple[int, ...] = static((64, 64))  # MLP torsos (feed-forward) / heads (recurrent)
+    activation: str = static("tanh")
+    recurrent: bool = static(False)
+    embed: tuple[int, ...] = static((128,))  # recurrent only: MLP before the GRU
+    gru_hidden: int = static(128)  # recurrent only
+    anneal_lr: bool = static(True)
+    lr: float = sweepable(2.5e-4)
+    gamma: float = sweepable(0.99)
+    gae_lambda: float = sweepable(0.95)
+    clip_eps: float = sweepable(0.2)
+    ent_coef: float = sweepable(0.01)
+    vf_coef: float = sweepable(0.5)
+    max_grad_norm: float = sweepable(0.5)
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_timesteps // self.batch_size
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the first invalid setting."""
+        for name in ("num_envs", "num_steps", "update_epochs", "num_minibatches", "gru_hidden"):
+            require(getattr(self, name) >= 1, f"PPOConfig.{name} must be >= 1")
+        require(
+            self.num_updates >= 1,
+            f"total_timesteps={self.total_timesteps} is smaller than one rollout batch "
+            f"(num_envs * num_steps = {self.batch_size}); raise total_timesteps",
+        )
+        if self.recurrent:
+            require(
+                self.num_envs % self.num_minibatches == 0,
+                f"recurrent PPO splits minibatches over environments: num_envs={self.num_envs} "
+                f"is not divisible by num_minibatches={self.num_minibatches}",
+            )
+        else:
+            require(
+                self.batch_size % self.num_minibatches == 0,
+                f"the batch num_envs * num_steps = {self.batch_size} does not divide into "
+                f"num_minibatches={self.num_minibatches}; choose a divisor",
+            )
+        activation_fn(self.activation)
+        checks = {
+            "lr": lambda v: v > 0,
+            "gamma": lambda v: 0 < v <= 1,
+            "gae_lambda": lambda v: 0 <= v <= 1,
+            "clip_eps": lambda v: v > 0,
+            "ent_coef": lambda v: v >= 0,
+            "vf_coef": lambda v: v >= 0,
+            "max_grad_norm": lambda v: v > 0,
+        }
+        ranges = {"gamma": "in (0, 1]", "gae_lambda": "in [0, 1]", "ent_coef": ">= 0"}
+        for name, ok in checks.items():
+            v = getattr(self, name)
+            if is_concrete(v):
+                require(
+                    bool(jnp.all(ok(jnp.asarray(v)))),
+                    f"PPOConfig.{name}={v} is invalid; it must be {ranges.get(name, '> 0')}",
+                )
+
+
+class Policy(NamedTuple):
+    """Inference-only view of a PPO agent: ``act`` plus how to start its memory."""
+
+    network: Any
+    discrete: bool
+    memory_size: int  # 0 for feed-forward agents
+
+    def initial_carry(self, batch_size: int) -> jax.Array:  # [B, memory_size]
+        return jnp.zeros((batch_size, self.memory_size), jnp.float32)
+
+    def apply(self, params, carry, obs, resets):
+        """carry [B, H], obs [T, B, D], resets [T, B] -> (carry, dist over [T, B], value [T, B])."""
+        if self.memory_size == 0:
+            pi, value = self.network.apply(params, obs)
+            return carry, pi, value
+        return self.network.apply(params, carry, obs, resets)
+
+    def act(
+        self,
+        params: Any,
+        carry: jax.Array,
+        obs: jax.Array,
+        resets: jax.Array,
+        key: jax.Array,
+        deterministic: bool = False,
+    ) -> tuple[jax.Array, jax.Array]:
+        """One action per env. carry [B, H], obs [B, D], resets [B] -> (carry, action [B, ...])."""
+        carry, pi, _ = self.apply(params, carry, obs[None], resets[None])
+        action = pi.mode() if deterministic else pi.sample(seed=key)
+        return carry, action[0]
+
+
+def make_policy(config: PPOConfig, action_space: spaces.Space) -> Policy:
+    """The actor-critic network that ``config`` describes for ``action_space``."""
+    discrete = isinstance(action_space, spaces.Discrete)
+    action_dim = action_space.n if discrete else int(jnp.prod(jnp.array(action_space.shape)))
+    if config.recurrent:
+        net = RecurrentActorCritic(
+            action_dim, discrete, config.embed, config.gru_hidden, config.hidden, config.activation
+        )
+        return Policy(net, discrete, config.gru_hidden)
+    return Policy(ActorCritic(action_dim, discrete, config.hidden, config.activation), discrete, 0)
+
+
+class RunnerState(NamedTuple):
+    """Everything a PPO run carries from one update to the next."""
+
+    train_state: TrainState
+    env_state: Any  # [B] batched env states
+    obs: jax.Array  # [B, obs_dim]
+    resets: jax.Array  # [B] True where obs is the first of an episode
+    carry: jax.Array  # [B, H] recurrent memory (H = 0 for feed-forward)
+    key: jax.Array
+
+
+class Transition(NamedTuple):
+    obs: jax.Array
+    resets: jax.Array
+    action: jax.Array
+    log_prob: jax.Array
+    value: jax.Array
+    next_value: jax.Array  # value of the pre-reset next observation
+    next_obs: jax.Array  # the pre-reset next observation
+    reward: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    info: dict
+
+
+class PPO(NamedTuple):
+    policy: Policy
+    init: Any  # key -> RunnerState
+    update: Any  # RunnerState -> (RunnerState, metrics)
+    train: Any  # key -> (RunnerState, metrics [num_updates])
+
+
+def make_ppo(config: PPOConfig, env: Any, env_params: Any) -> PPO:
+    """Build PPO's pure functions for ``env`` (any gymnax-1.x environment)."""
+    config.validate()
+    env = EpisodeStats(env)
+    obs_dim = env.observation_space(env_params).shape
+    require(len(obs_dim) == 1, f"PPO expects flat observations, got shape {obs_dim}")
+    policy = make_policy(config, env.action_space(env_params))
+    num_envs, num_steps = config.num_envs, config.num_steps
+    vmap_reset = jax.vmap(env.reset, in_axes=(0, None))
+    vmap_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+
+    def make_optimizer():
+        steps_per_update = config.update_epochs * config.num_minibatches
+        lr = config.lr
+        if config.anneal_lr:
+            lr = optax.linear_schedule(lr, 0.0, config.num_updates * steps_per_update)
+        return optax.chain(
+            optax.clip_by_global_norm(config.max_grad_norm), optax.adam(lr, eps=1e-5)
+        )
+
+    def init(key: jax.Array) -> RunnerState:
+        key, k_net, k_env = jax.random.split(key, 3)
+        obs, env_state = vmap_reset(jax.random.split(k_env, num_envs), env_params)
+        carry = policy.initial_carry(num_envs)
+        resets = jnp.ones((num_envs,), bool)
+        if config.recurrent:
+            params = policy.network.init(k_net, carry, obs[None], resets[None])
+        else:
+            params = policy.network.init(k_net, obs)
+        ts = TrainState.create(apply_fn=policy.network.apply, params=params, tx=make_optimizer())
+        return RunnerState(ts, env_state, obs, resets, carry, key)
+
+    def env_step(rs: RunnerState, _) -> tuple[RunnerState, Transition]:
+        key, k_act, k_env = jax.random.split(rs.key, 3)
+        params = rs.train_state.params
+        carry, pi, value = policy.apply(params, rs.carry, rs.obs[None], rs.resets[None])
+        action = pi.sample(seed=k_act)
+        log_prob, action, value = pi.log_prob(action)[0], action[0], value[0]
+        obs, env_state, reward, term, trunc, info = vmap_step(
+            jax.random.split(k_env, num_envs), rs.env_state, action, env_params
+        )
+        # Bootstrap from the state each env actually reached (pre-reset), memory continuing.
+        # Feed-forward agents evaluate these values in one batch after the rollout instead.
+        final_obs = info.pop("final_observation")
+        next_value = jnp.zeros_like(value)
+        if config.recurrent:
+            no_reset = jnp.zeros_like(rs.resets)[None]
+            next_value = policy.apply(params, carry, final_obs[None], no_reset)[2][0]
+        transition = Transition(
+            rs.obs, rs.resets, action, log_prob, value, next_value, final_obs, reward, term, trunc,
+            info,
+        )
+        done = jnp.logical_or(term, trunc)
+        return RunnerState(rs.train_state, env_state, obs, done, carry, key), transition
+
+    def loss_fn(params, init_carry, batch: Transition, advantages, targets):
+        _, pi, value = policy.apply(params, init_carry, batch.obs, batch.resets)
+        log_prob = pi.log_prob(batch.action)
+        value_clipped = batch.value + jnp.clip(value - batch.value, -config.clip_eps, config.clip_eps)
+        value_loss = 0.5 * jnp.maximum(
+            jnp.square(value - targets), jnp.square(value_clipped - targets)
+        ).mean()
+        ratio = jnp.exp(log_prob - batch.log_prob)
+        adv = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        actor_loss = -jnp.minimum(
+            ratio * adv, jnp.clip(ratio, 1 - config.clip_eps, 1 + config.clip_eps) * adv
+        ).mean()
+        entropy = pi.entropy().mean()
+        total = actor_loss + config.vf_coef * value_loss - config.ent_coef * entropy
+        stats = {
+            "actor_loss": actor_loss,
+            "value_loss": value_loss,
+            "entropy": entropy,
+            "approx_kl": ((ratio - 1) - jnp.log(ratio)).mean(),
+            "clip_fraction": (jnp.abs(ratio - 1) > config.clip_eps).mean(),
+        }
+        return total, stats
+
+    def update(rs: RunnerState) -> tuple[RunnerState, dict]:
+        init_carry = rs.carry
+        rs, traj = jax.lax.scan(env_step, rs, None, num_steps)  # traj: [T, B, ...]
+        if not config.recurrent:
+            next_value = policy.apply(rs.train_state.params, rs.carry, traj.next_obs, traj.resets)[2]
+            traj = traj._replace(next_value=next_value)
+        advantages, targets = gae(
+            traj.reward, traj.value, traj.next_value, traj.terminated, traj.truncated,
+            config.gamma, config.gae_lambda,
+        )
+        data = (traj._replace(info={}, next_obs=None), advantages, targets)
+        if not config.recurrent:  # feed-forward: every sample is a length-1 sequence
+            data = jax.tree.map(lambda x: x.reshape((1, -1) + x.shape[2:]), data)
+            init_carry = policy.initial_carry(config.batch_size)
+
+        def epoch(carry, _):
+            ts, key = carry
+            key, k_perm = jax.random.split(key)
+            perm = jax.random.permutation(k_perm, data[1].shape[1])
+
+            def split(x, axis):  # shuffle along `axis` and cut into minibatches on a new axis 0
+                x = jnp.take(x, perm, axis=axis)
+                x = jnp.moveaxis(x, axis, 0)
+                n = config.num_minibatches
+                x = x.reshape((n, x.shape[0] // n) + x.shape[1:])
+                return jnp.moveaxis(x, 1, axis + 1)
+
+            minibatches = (jax.tree.map(lambda x: split(x, 1), data), split(init_carry, 0))
+
+            def minibatch_step(ts, mb):
+                (batch, adv, tgt), carry0 = mb
+                grads, stats = jax.grad(loss_fn, has_aux=True)(ts.params, carry0, batch, adv, tgt)
+                return ts.apply_gradients(grads=grads), stats
+
+            ts, stats = jax.lax.scan(minibatch_step, ts, minibatches)
+            return (ts, key), stats
+
+        key, k_epochs = jax.random.split(rs.key)
+        (ts, _), stats = jax.lax.scan(epoch, (rs.train_state, k_epochs), None, config.update_epochs)
+        finished = traj.info["returned_episode"]
+        num_finished = finished.sum()
+        metrics = {k: v.mean() for k, v in stats.items()}
+        metrics["episodes"] = num_finished
+        # Mean over episodes that ended in this rollout; NaN when none did.
+        metrics["return"] = jnp.where(
+            num_finished > 0,
+            (traj.info["returned_episode_returns"] * finished).sum() / jnp.maximum(num_finished, 1),
+            jnp.nan,
+        )
+        metrics["length"] = jnp.where(
+            num_finished > 0,
+            (traj.info["returned_episode_lengths"] * finished).sum() / jnp.maximum(num_finished, 1),
+            jnp.nan,
+        )
+        return rs._replace(train_state=ts, key=key), metrics
+
+    def train(key: jax.Array) -> tuple[RunnerState, dict]:
+        return jax.lax.scan(lambda rs, _: update(rs), init(key), None, config.num_updates)
+
+    return PPO(policy, init, update, train)
+
+
+def make_train(config: PPOConfig, env: Any, env_params: Any):
+    """``train(key) -> (RunnerState, metrics)``: a whole PPO run as one pure function."""
+    return make_ppo(config, env, env_params).train
+
+
+def export_policy(
+    directory: Any, config: PPOConfig, action_space: spaces.Space, params: Any, **metadata: Any
+) -> None:
+    """Save ``params`` with what ``load_policy`` needs to act without the trainer or the env."""
+    if isinstance(action_space, spaces.Discrete):
+        space = {"discrete": True, "n": int(action_space.n)}
+    else:
+        space = {"discrete": False, "shape": list(action_space.shape)}
+    save_policy(directory, params, {"agent": "ppo", "ppo": to_dict(config), "action_space": space, **metadata})
+
+
+def load_policy(directory: Any) -> tuple[Policy, Any, dict]:
+    """``(policy, params, metadata)`` from ``export_policy``; act with ``policy.act(params, ...)``."""
+    params, meta = checkpoint_load_policy(directory)
+    if meta.get("agent") != "ppo":
+        raise ValueError(f"{directory} holds a {meta.get('agent')!r} policy, not a PPO one")
+    space = meta["action_space"]
+    action_space = (
+        spaces.Discrete(space["n"]) if space["discrete"]
+        else spaces.Box(-jnp.inf, jnp.inf, tuple(space["shape"]))
+    )
+    return make_policy(from_dict(PPOConfig, meta["ppo"]), action_space), params, meta

@@ -1,0 +1,55 @@
+"""Environments behind one functional (gymnax 1.x) interface, and a registry to make them."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import jax.numpy as jnp
+
+from envs.core import Environment, EnvParams, EnvState, check_action, spaces
+
+__all__ = ["Environment", "EnvParams", "EnvState", "check_action", "spaces", "make", "registered"]
+
+# name -> "module:Class"; the class's default_params, updated with **kwargs, are the params.
+_REGISTRY: dict[str, str] = {
+    "GoalSequence": "envs.gridworlds.goal_sequence:GoalSequence",
+    "MemorySequence": "envs.gridworlds.memory_sequence:MemorySequence",
+    "MultiSkill": "envs.gridworlds.multi_skill:MultiSkill",
+}
+
+
+def registered() -> list[str]:
+    """Names accepted by ``make`` (plus any gymnax id as ``gymnax:<id>``)."""
+    return sorted(_REGISTRY) + ["gymnax:<id>"]
+
+
+def make(name: str, **param_overrides: Any) -> tuple[Environment, EnvParams]:
+    """Build ``(env, params)`` by name; keyword arguments override fields of the default params.
+
+    ``gymnax:<id>`` (e.g. ``gymnax:CartPole-v1``) builds a gymnax environment, which every
+    agent here accepts as is.
+    """
+    if name.startswith("gymnax:"):
+        import gymnax
+
+        gym_id = name.split(":", 1)[1]
+        if gym_id not in gymnax.registered_envs:
+            raise ValueError(
+                f"unknown gymnax environment {gym_id!r}; known: {', '.join(gymnax.registered_envs)}"
+            )
+        env, params = gymnax.make(gym_id)
+    elif name in _REGISTRY:
+        module, cls = _REGISTRY[name].split(":")
+        env = getattr(importlib.import_module(module), cls)()
+        params = env.default_params
+    else:
+        raise ValueError(f"unknown environment {name!r}; known: {', '.join(registered())}")
+    unknown = set(param_overrides) - set(params.__dataclass_fields__)
+    if unknown:
+        raise ValueError(
+            f"{name}: unknown parameter(s) {sorted(unknown)}; "
+            f"valid: {sorted(params.__dataclass_fields__)}"
+        )
+    arrays = {k: jnp.asarray(v) if isinstance(v, list) else v for k, v in param_overrides.items()}
+    return env, params.replace(**arrays)
