@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["CheckpointError", "Checkpointer", "save_policy", "load_policy"]
+__all__ = ["CheckpointError", "Checkpointer", "load_policy", "save_policy"]
 
 PyTree = Any
 CONFIG_FILE = "config.json"

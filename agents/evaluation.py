@@ -28,7 +28,9 @@ def evaluate(
     num_envs = initial_carry.shape[0]
     num_steps = int(env_params.max_steps_in_episode) if num_steps is None else num_steps
     key, k_reset = jax.random.split(key)
-    obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, num_envs), env_params)
+    obs, state = jax.vmap(env.reset, in_axes=(0, None))(
+        jax.random.split(k_reset, num_envs), env_params
+    )
 
     def step(carry, key):
         memory, obs, state, resets, running, ret, length = carry
@@ -43,7 +45,15 @@ def evaluate(
         return (memory, obs, state, term | trunc, running, ret, length), None
 
     resets = jnp.ones((num_envs,), bool)
-    init = (initial_carry, obs, state, resets, resets, jnp.zeros(num_envs), jnp.zeros(num_envs, jnp.int32))
+    init = (
+        initial_carry,
+        obs,
+        state,
+        resets,
+        resets,
+        jnp.zeros(num_envs),
+        jnp.zeros(num_envs, jnp.int32),
+    )
     (_, _, _, _, running, ret, length), _ = jax.lax.scan(
         step, init, jax.random.split(key, num_steps)
     )

@@ -34,7 +34,5 @@ def gae(
         acc = delta + gamma * gae_lambda * (1.0 - d) * acc
         return acc, acc
 
-    _, advantages = jax.lax.scan(
-        backward, jnp.zeros_like(deltas[0]), (deltas, done), reverse=True
-    )
+    _, advantages = jax.lax.scan(backward, jnp.zeros_like(deltas[0]), (deltas, done), reverse=True)
     return advantages, advantages + values

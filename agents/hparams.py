@@ -22,11 +22,6 @@ def sweepable(default: float) -> Any:
     return struct.field(pytree_node=True, default=default)
 
 
-def is_concrete(x: Any) -> bool:
-    """True unless ``x`` is a tracer (i.e. a value being swept under vmap/jit)."""
-    return not isinstance(x, jax.core.Tracer)
-
-
 def require(condition: bool, message: str) -> None:
     """Raise ``ValueError(message)`` unless ``condition``; skipped for traced values."""
     if not condition:

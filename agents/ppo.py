@@ -23,9 +23,9 @@ from flax.training.train_state import TrainState
 from agents.checkpoint import load_policy as checkpoint_load_policy
 from agents.checkpoint import save_policy
 from agents.gae import gae
-from agents.hparams import from_dict, is_concrete, require, static, sweepable, to_dict
+from agents.hparams import from_dict, require, static, sweepable, to_dict
 from agents.networks import ActorCritic, RecurrentActorCritic, activation_fn
-from envs.core import spaces
+from envs.core import is_concrete, spaces
 from envs.wrappers import EpisodeStats
 
 
@@ -226,7 +226,16 @@ def make_ppo(config: PPOConfig, env: Any, env_params: Any) -> PPO:
             no_reset = jnp.zeros_like(rs.resets)[None]
             next_value = policy.apply(params, carry, final_obs[None], no_reset)[2][0]
         transition = Transition(
-            rs.obs, rs.resets, action, log_prob, value, next_value, final_obs, reward, term, trunc,
+            rs.obs,
+            rs.resets,
+            action,
+            log_prob,
+            value,
+            next_value,
+            final_obs,
+            reward,
+            term,
+            trunc,
             info,
         )
         done = jnp.logical_or(term, trunc)
@@ -235,10 +244,13 @@ def make_ppo(config: PPOConfig, env: Any, env_params: Any) -> PPO:
     def loss_fn(params, init_carry, batch: Transition, advantages, targets):
         _, pi, value = policy.apply(params, init_carry, batch.obs, batch.resets)
         log_prob = pi.log_prob(batch.action)
-        value_clipped = batch.value + jnp.clip(value - batch.value, -config.clip_eps, config.clip_eps)
-        value_loss = 0.5 * jnp.maximum(
-            jnp.square(value - targets), jnp.square(value_clipped - targets)
-        ).mean()
+        value_clipped = batch.value + jnp.clip(
+            value - batch.value, -config.clip_eps, config.clip_eps
+        )
+        value_loss = (
+            0.5
+            * jnp.maximum(jnp.square(value - targets), jnp.square(value_clipped - targets)).mean()
+        )
         ratio = jnp.exp(log_prob - batch.log_prob)
         adv = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         actor_loss = -jnp.minimum(
@@ -259,11 +271,18 @@ def make_ppo(config: PPOConfig, env: Any, env_params: Any) -> PPO:
         init_carry = rs.carry
         rs, traj = jax.lax.scan(env_step, rs, None, num_steps)  # traj: [T, B, ...]
         if not config.recurrent:
-            next_value = policy.apply(rs.train_state.params, rs.carry, traj.next_obs, traj.resets)[2]
+            next_value = policy.apply(rs.train_state.params, rs.carry, traj.next_obs, traj.resets)[
+                2
+            ]
             traj = traj._replace(next_value=next_value)
         advantages, targets = gae(
-            traj.reward, traj.value, traj.next_value, traj.terminated, traj.truncated,
-            config.gamma, config.gae_lambda,
+            traj.reward,
+            traj.value,
+            traj.next_value,
+            traj.terminated,
+            traj.truncated,
+            config.gamma,
+            config.gae_lambda,
         )
         data = (traj._replace(info={}, next_obs=None), advantages, targets)
         if not config.recurrent:  # feed-forward: every sample is a length-1 sequence
@@ -330,7 +349,11 @@ def export_policy(
         space = {"discrete": True, "n": int(action_space.n)}
     else:
         space = {"discrete": False, "shape": list(action_space.shape)}
-    save_policy(directory, params, {"agent": "ppo", "ppo": to_dict(config), "action_space": space, **metadata})
+    save_policy(
+        directory,
+        params,
+        {"agent": "ppo", "ppo": to_dict(config), "action_space": space, **metadata},
+    )
 
 
 def load_policy(directory: Any) -> tuple[Policy, Any, dict]:
@@ -340,7 +363,8 @@ def load_policy(directory: Any) -> tuple[Policy, Any, dict]:
         raise ValueError(f"{directory} holds a {meta.get('agent')!r} policy, not a PPO one")
     space = meta["action_space"]
     action_space = (
-        spaces.Discrete(space["n"]) if space["discrete"]
+        spaces.Discrete(space["n"])
+        if space["discrete"]
         else spaces.Box(-jnp.inf, jnp.inf, tuple(space["shape"]))
     )
     return make_policy(from_dict(PPOConfig, meta["ppo"]), action_space), params, meta

@@ -83,14 +83,20 @@ def _run(name, init, chunk, act_of, env, params, seed, args) -> dict:
 
 
 def ours(env, params, seed, args) -> dict:
-    config = PPOConfig(anneal_lr=args.anneal_lr, total_timesteps=args.chunks * args.updates_per_chunk * 512)
+    config = PPOConfig(
+        anneal_lr=args.anneal_lr, total_timesteps=args.chunks * args.updates_per_chunk * 512
+    )
     ppo = make_ppo(config, env, params)
 
     def chunk(rs):
-        return jax.lax.scan(lambda s, _: (ppo.update(s)[0], None), rs, None, args.updates_per_chunk)[0]
+        return jax.lax.scan(
+            lambda s, _: (ppo.update(s)[0], None), rs, None, args.updates_per_chunk
+        )[0]
 
     def act_of(rs):
-        return lambda c, o, r, k: ppo.policy.act(rs.train_state.params, c, o, r, k, deterministic=True)
+        return lambda c, o, r, k: ppo.policy.act(
+            rs.train_state.params, c, o, r, k, deterministic=True
+        )
 
     return _run("ours", ppo.init, chunk, act_of, env, params, seed, args)
 
@@ -99,10 +105,22 @@ def rejax_ppo(env, params, seed, args) -> dict:
     from rejax import PPO
 
     algo = PPO.create(
-        env=_FiveTupleStep(env), env_params=params, num_envs=4, num_steps=128, num_epochs=4,
-        num_minibatches=4, learning_rate=2.5e-4, max_grad_norm=0.5, gamma=0.99, gae_lambda=0.95,
-        clip_eps=0.2, ent_coef=0.01, vf_coef=0.5, agent_kwargs={"activation": "tanh"},
-        total_timesteps=args.updates_per_chunk * 512, eval_freq=args.updates_per_chunk * 512,
+        env=_FiveTupleStep(env),
+        env_params=params,
+        num_envs=4,
+        num_steps=128,
+        num_epochs=4,
+        num_minibatches=4,
+        learning_rate=2.5e-4,
+        max_grad_norm=0.5,
+        gamma=0.99,
+        gae_lambda=0.95,
+        clip_eps=0.2,
+        ent_coef=0.01,
+        vf_coef=0.5,
+        agent_kwargs={"activation": "tanh"},
+        total_timesteps=args.updates_per_chunk * 512,
+        eval_freq=args.updates_per_chunk * 512,
         skip_initial_evaluation=True,
     )
     algo = algo.replace(eval_callback=lambda a, ts, rng: jnp.float32(0.0))
@@ -127,17 +145,27 @@ def main(args: Args) -> list[dict]:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         t = "never" if r["seconds_to_target"] is None else f"{r['seconds_to_target']:.2f}"
-        print(f"| {r['learner']} | {r['seed']} | {r['compile_s']:.1f} | {r['train_s']:.2f} | "
-              f"{r['steps_per_s']:,.0f} | {t} | {r['curve'][-1]:.1f} |")
+        print(
+            f"| {r['learner']} | {r['seed']} | {r['compile_s']:.1f} | {r['train_s']:.2f} | "
+            f"{r['steps_per_s']:,.0f} | {t} | {r['curve'][-1]:.1f} |"
+        )
     for metric in ("steps_per_s", "train_s", "compile_s"):
-        med = {n: np.median([r[metric] for r in rows if r["learner"] == n]) for n in ("ours", "rejax")}
-        print(f"median {metric}: ours {med['ours']:.2f}, rejax {med['rejax']:.2f}, "
-              f"ratio ours/rejax {med['ours'] / med['rejax']:.2f}")
-    hit = {n: [r["seconds_to_target"] for r in rows if r["learner"] == n and r["seconds_to_target"]]
-           for n in ("ours", "rejax")}
+        med = {
+            n: np.median([r[metric] for r in rows if r["learner"] == n]) for n in ("ours", "rejax")
+        }
+        print(
+            f"median {metric}: ours {med['ours']:.2f}, rejax {med['rejax']:.2f}, "
+            f"ratio ours/rejax {med['ours'] / med['rejax']:.2f}"
+        )
+    hit = {
+        n: [r["seconds_to_target"] for r in rows if r["learner"] == n and r["seconds_to_target"]]
+        for n in ("ours", "rejax")
+    }
     for n, v in hit.items():
-        print(f"{n}: reached {args.target} in {len(v)}/{args.seeds} seeds, median "
-              f"{np.median(v) if v else float('nan'):.2f} s")
+        print(
+            f"{n}: reached {args.target} in {len(v)}/{args.seeds} seeds, median "
+            f"{np.median(v) if v else float('nan'):.2f} s"
+        )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=1)

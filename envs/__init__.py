@@ -7,9 +7,13 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from envs.core import Environment, EnvParams, EnvState, check_action, spaces
+from agents import platform as _platform
 
-__all__ = ["Environment", "EnvParams", "EnvState", "check_action", "spaces", "make", "registered"]
+_platform.configure()
+
+from envs.core import Environment, EnvParams, EnvState, check_action, spaces  # noqa: E402
+
+__all__ = ["EnvParams", "EnvState", "Environment", "check_action", "make", "registered", "spaces"]
 
 # name -> "module:Class"; the class's default_params, updated with **kwargs, are the params.
 _REGISTRY: dict[str, str] = {

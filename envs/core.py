@@ -20,10 +20,15 @@ import numpy as np
 from gymnax.environments import environment as gymnax_env
 from gymnax.environments import spaces
 
-__all__ = ["Environment", "EnvParams", "EnvState", "spaces", "check_action"]
+__all__ = ["EnvParams", "EnvState", "Environment", "check_action", "spaces"]
 
 EnvState = gymnax_env.EnvState
 EnvParams = gymnax_env.EnvParams
+
+
+def is_concrete(x: Any) -> bool:
+    """True for a value known at trace time (not a tracer), so it can be validated in Python."""
+    return not isinstance(x, jax.core.Tracer)
 
 
 def check_action(space: spaces.Space, action: Any, env_name: str = "environment") -> None:
@@ -54,6 +59,15 @@ class Environment(gymnax_env.Environment):
     ``observation_space`` and ``default_params``; gridworlds also ``render``.
     """
 
+    def check_params(self, params: EnvParams) -> None:
+        """Raise a ValueError naming a bad setting in ``params``; called by ``reset`` and ``step``."""
+
+    def reset(self, key: jax.Array, params: EnvParams | None = None) -> tuple[jax.Array, EnvState]:
+        """A fresh episode: ``(obs, state)``."""
+        params = self.default_params if params is None else params
+        self.check_params(params)
+        return super().reset(key, params)
+
     def step(
         self,
         key: jax.Array,
@@ -63,10 +77,10 @@ class Environment(gymnax_env.Environment):
     ) -> tuple[jax.Array, EnvState, jax.Array, jax.Array, jax.Array, dict]:
         """One transition with auto-reset; see the module docstring for the return order."""
         params = self.default_params if params is None else params
+        self.check_params(params)
         check_action(self.action_space(params), action, self.name)
         return super().step(key, state, action, params)
 
     def render(self, state: EnvState, params: EnvParams | None = None) -> jax.Array:
         """An RGB image (uint8, [H, W, 3]) of ``state``."""
         raise NotImplementedError(f"{self.name} does not render")
-

@@ -32,18 +32,18 @@ from gymnax.wrappers.purerl import GymnaxWrapper, LogEnvState, LogWrapper
 from envs.core import EnvParams, EnvState, spaces
 
 __all__ = [
-    "Wrapper",
     "EpisodeStats",
-    "LogEnvState",
-    "RunningStats",
-    "pool_stats",
-    "NormalizeObservation",
-    "NormalizeObservationState",
-    "to_gymnasium_space",
-    "to_gymnasium",
-    "to_gymnasium_vector",
     "GymnasiumEnv",
     "GymnasiumVectorEnv",
+    "LogEnvState",
+    "NormalizeObservation",
+    "NormalizeObservationState",
+    "RunningStats",
+    "Wrapper",
+    "pool_stats",
+    "to_gymnasium",
+    "to_gymnasium_space",
+    "to_gymnasium_vector",
 ]
 
 

@@ -1,18 +1,15 @@
 """Train PPO (feed-forward or recurrent) on any registered environment over many seeds.
 
-    python -m experiments.ppo --env gymnax:CartPole-v1 --seeds 8
-    python -m experiments.ppo --env MemorySequence --ppo.recurrent True --help
+python -m experiments.ppo --env gymnax:CartPole-v1 --seeds 8
+python -m experiments.ppo --env MemorySequence --ppo.recurrent True --help
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import time
-from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tyro
 
@@ -26,7 +23,9 @@ from experiments.runner import RunFolder, final_score, iqm_ci, plot_curves, run_
 @dataclasses.dataclass
 class Args:
     env: str = "gymnax:CartPole-v1"
-    env_kwargs: str = "{}"  # JSON overrides of the env's default params, e.g. '{"reveal_skill": true}'
+    env_kwargs: str = (
+        "{}"  # JSON overrides of the env's default params, e.g. '{"reveal_skill": true}'
+    )
     seeds: int = 8
     seed: int = 0
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
@@ -41,16 +40,26 @@ def main(args: Args) -> dict:
     env_kwargs = json.loads(args.env_kwargs)
     env, env_params = envs.make(args.env, **env_kwargs)
     ppo = make_ppo(args.ppo, env, env_params)
-    config = {"experiment": "ppo", **{k: v for k, v in dataclasses.asdict(args).items() if k != "ppo"}}
+    config = {
+        "experiment": "ppo",
+        **{k: v for k, v in dataclasses.asdict(args).items() if k != "ppo"},
+    }
     config["ppo"] = to_dict(args.ppo)
     folder = RunFolder(args.out, config)
     state, metrics, timing = run_chunked(
-        ppo.init, ppo.update, args.ppo.num_updates, args.ppo.batch_size, jax.random.key(args.seed),
-        args.seeds, folder, args.updates_per_chunk, args.progress,
+        ppo.init,
+        ppo.update,
+        args.ppo.num_updates,
+        args.ppo.batch_size,
+        jax.random.key(args.seed),
+        args.seeds,
+        folder,
+        args.updates_per_chunk,
+        args.progress,
     )
 
     def greedy_eval(params, key):
-        act = lambda c, o, r, k: ppo.policy.act(params, c, o, r, k, deterministic=True)  # noqa: E731
+        act = lambda c, o, r, k: ppo.policy.act(params, c, o, r, k, deterministic=True)
         return evaluate(key, env, env_params, act, ppo.policy.initial_carry(args.eval_envs))
 
     params = state.train_state.params
@@ -60,11 +69,21 @@ def main(args: Args) -> dict:
     train_return = final_score(metrics["return"])
 
     env_steps = (np.arange(args.ppo.num_updates) + 1) * args.ppo.batch_size
-    plot_curves(folder.path / "learning_curve.png", env_steps, {"PPO": metrics["return"]},
-                "episode return (training)", f"PPO on {args.env}")
+    plot_curves(
+        folder.path / "learning_curve.png",
+        env_steps,
+        {"PPO": metrics["return"]},
+        "episode return (training)",
+        f"PPO on {args.env}",
+    )
     export_policy(
-        folder.path / "policy", args.ppo, env.action_space(env_params),
-        jax.tree.map(lambda x: x[0], params), env=args.env, env_kwargs=env_kwargs, seed=args.seed,
+        folder.path / "policy",
+        args.ppo,
+        env.action_space(env_params),
+        jax.tree.map(lambda x: x[0], params),
+        env=args.env,
+        env_kwargs=env_kwargs,
+        seed=args.seed,
     )
     results = {
         "train_return_iqm_ci": iqm_ci(train_return),

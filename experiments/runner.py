@@ -73,7 +73,9 @@ class RunFolder:
             f.writelines(json.dumps(m) + "\n" for m in lines)
 
 
-def _to_lines(metrics: dict[str, np.ndarray], first_update: int, steps_per_update: int) -> list[dict]:
+def _to_lines(
+    metrics: dict[str, np.ndarray], first_update: int, steps_per_update: int
+) -> list[dict]:
     """[S, N] metric arrays -> one JSON line per update with per-seed lists (NaN -> null)."""
     n = next(iter(metrics.values())).shape[1]
     lines = []
@@ -114,13 +116,19 @@ def run_chunked(
         folder.rewrite_metrics([])
 
     def chunk_fn(n):
-        body = lambda s, _: update(s)  # noqa: E731
+        body = lambda s, _: update(s)
         return jax.jit(jax.vmap(lambda s: jax.lax.scan(body, s, None, n)))
 
     chunk = chunk_fn(min(updates_per_chunk, num_updates))
     compiled, compile_s = {}, 0.0
-    bar = tqdm(total=num_updates * steps_per_update, initial=done * steps_per_update,
-               unit="step", unit_scale=True, disable=not progress, desc="env steps/seed")
+    bar = tqdm(
+        total=num_updates * steps_per_update,
+        initial=done * steps_per_update,
+        unit="step",
+        unit_scale=True,
+        disable=not progress,
+        desc="env steps/seed",
+    )
     run_s, last_return = 0.0, float("nan")
     while done < num_updates:
         n = min(updates_per_chunk, num_updates - done)
@@ -136,7 +144,7 @@ def run_chunked(
         done += n
         ckpt.save(done, state)
         if "return" in metrics and np.isfinite(metrics["return"]).any():
-            last_return = float(np.nanmean(metrics["return"][:, -max(1, n // 10):]))
+            last_return = float(np.nanmean(metrics["return"][:, -max(1, n // 10) :]))
         bar.update(n * steps_per_update)
         bar.set_postfix(
             steps_per_s=f"{num_seeds * done * steps_per_update / max(run_s, 1e-9):,.0f}",

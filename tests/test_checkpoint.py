@@ -18,7 +18,7 @@ from flax import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.checkpoint import CheckpointError, Checkpointer, load_policy, save_policy
+from agents.checkpoint import Checkpointer, CheckpointError, load_policy, save_policy
 
 CONFIG = {"lr": 3e-4, "net": {"width": 64, "depth": 2}, "env": "GoalSequence", "layers": (64, 64)}
 TX = optax.adam(1e-3)
@@ -61,7 +61,7 @@ def assert_same_state(restored: TrainState, state: TrainState) -> None:
         jax.random.uniform(restored.key, (3,)), jax.random.uniform(state.key, (3,))
     )
     assert int(restored.episodes) == state.episodes
-    arrays = lambda s: s.replace(key=jnp.zeros(()), episodes=jnp.zeros(()))  # noqa: E731
+    arrays = lambda s: s.replace(key=jnp.zeros(()), episodes=jnp.zeros(()))
     chex.assert_trees_all_equal(arrays(restored), arrays(state))
     chex.assert_trees_all_equal_dtypes(arrays(restored), arrays(state))
     assert restored.raw_key.dtype == jnp.uint32

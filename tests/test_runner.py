@@ -19,8 +19,17 @@ CFG = PPOConfig(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 6, num_miniba
 def _run(path, stop_after_saves=None, config=None):
     ppo = make_ppo(CFG, *ENV)
     folder = RunFolder(path, config or {"cfg": "tiny"})
-    return run_chunked(ppo.init, ppo.update, CFG.num_updates, CFG.batch_size, jax.random.key(0),
-                       2, folder, updates_per_chunk=2, progress=False)
+    return run_chunked(
+        ppo.init,
+        ppo.update,
+        CFG.num_updates,
+        CFG.batch_size,
+        jax.random.key(0),
+        2,
+        folder,
+        updates_per_chunk=2,
+        progress=False,
+    )
 
 
 def test_resume_after_stop_matches_uninterrupted(tmp_path, monkeypatch):
@@ -42,7 +51,9 @@ def test_resume_after_stop_matches_uninterrupted(tmp_path, monkeypatch):
     assert Checkpointer(tmp_path / "b" / "checkpoints", {"cfg": "tiny"}).latest_step() == 2
     resumed, resumed_metrics, _ = _run(tmp_path / "b")
 
-    for x, y in zip(jax.tree.leaves(full.train_state.params), jax.tree.leaves(resumed.train_state.params)):
+    for x, y in zip(
+        jax.tree.leaves(full.train_state.params), jax.tree.leaves(resumed.train_state.params)
+    ):
         np.testing.assert_array_equal(x, y)
     np.testing.assert_array_equal(full_metrics["value_loss"], resumed_metrics["value_loss"])
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
@@ -62,14 +73,24 @@ def test_iqm_ci_brackets_the_iqm():
 
 
 def test_experiment_writes_its_folder_and_an_inference_policy(tmp_path):
-    args = ppo_experiment.Args(seeds=2, out=str(tmp_path / "run"), ppo=CFG, eval_envs=4, progress=False)
+    args = ppo_experiment.Args(
+        seeds=2, out=str(tmp_path / "run"), ppo=CFG, eval_envs=4, progress=False
+    )
     results = ppo_experiment.main(args)
     run = tmp_path / "run"
-    for name in ("config.json", "metrics.jsonl", "learning_curve.png", "summary.md", "results.json"):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "learning_curve.png",
+        "summary.md",
+        "results.json",
+    ):
         assert (run / name).exists(), name
     assert len(results["greedy_return_per_seed"]) == 2
     policy, params, meta = load_policy(run / "policy")  # no trainer, no env needed
     assert meta["env"] == "gymnax:CartPole-v1"
     obs = np.zeros((3, 4), np.float32)
-    _, action = policy.act(params, policy.initial_carry(3), obs, np.ones(3, bool), jax.random.key(0))
+    _, action = policy.act(
+        params, policy.initial_carry(3), obs, np.ones(3, bool), jax.random.key(0)
+    )
     assert action.shape == (3,)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from envs.core import Environment, EnvParams, EnvState, spaces
+from envs.core import Environment, EnvParams, EnvState, is_concrete, spaces
 from envs.gridworlds.common import AGENT, FIRST_OBJECT, PALETTE, render_grid, walled_grid
 
 __all__ = ["NUM_ACTIONS", "GoalSequence", "GoalSequenceParams", "GoalSequenceState"]
@@ -82,12 +82,6 @@ class GoalSequenceState(EnvState):
     time: jax.Array  # int32 []: steps taken in the episode
 
 
-def _is_concrete(x: object) -> bool:
-    return isinstance(x, (int, np.integer, np.ndarray, jax.Array)) and not isinstance(
-        x, jax.core.Tracer
-    )
-
-
 def _check_params(params: GoalSequenceParams) -> None:
     """Raise a ValueError naming the bad setting; leaf values are checked when concrete."""
     if params.size < 2:
@@ -111,7 +105,7 @@ def _check_params(params: GoalSequenceParams) -> None:
         )
     for name in ("trial_length", "max_steps_in_episode"):
         value = getattr(params, name)
-        if _is_concrete(value) and np.any(np.asarray(value) < 1):
+        if is_concrete(value) and np.any(np.asarray(value) < 1):
             raise ValueError(f"GoalSequence: {name} must be >= 1, got {value}.")
 
 

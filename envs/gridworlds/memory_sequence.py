@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from envs.core import Environment, EnvParams, EnvState, spaces
+from envs.core import Environment, EnvParams, EnvState, is_concrete, spaces
 
 __all__ = ["MemorySequence", "MemorySequenceParams", "MemorySequenceState"]
 
@@ -68,19 +68,13 @@ class MemorySequenceState(EnvState):
     time: jax.Array  # int32 []: steps taken in the episode
 
 
-def _is_concrete(x: object) -> bool:
-    return isinstance(x, (int, np.integer, np.ndarray, jax.Array)) and not isinstance(
-        x, jax.core.Tracer
-    )
-
-
 def _check_params(params: MemorySequenceParams) -> None:
     """Raise a ValueError naming the bad setting; leaf values are checked when concrete."""
     for name in ("num_symbols", "seq_len", "num_trials"):
         if getattr(params, name) < 1:
             raise ValueError(f"MemorySequence: {name} must be >= 1, got {getattr(params, name)}.")
     steps = params.max_steps_in_episode
-    if _is_concrete(steps) and np.any(np.asarray(steps) < 1):
+    if is_concrete(steps) and np.any(np.asarray(steps) < 1):
         raise ValueError(f"MemorySequence: max_steps_in_episode must be >= 1, got {steps}.")
     sequence = params.sequence
     if params.fixed_sequence and sequence is None:
@@ -104,7 +98,7 @@ def _check_params(params: MemorySequenceParams) -> None:
         raise ValueError(
             f"MemorySequence: sequence must hold integer symbols, got dtype {sequence.dtype}."
         )
-    if _is_concrete(sequence):
+    if is_concrete(sequence):
         values = np.asarray(sequence)
         if values.min() < 0 or values.max() >= params.num_symbols:
             raise ValueError(

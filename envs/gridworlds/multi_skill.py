@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from envs.core import Environment, EnvParams, EnvState, spaces
+from envs.core import Environment, EnvParams, EnvState, is_concrete, spaces
 from envs.gridworlds.common import (
     AGENT,
     DIRECTIONS,
@@ -48,16 +48,16 @@ from envs.gridworlds.common import (
 )
 
 __all__ = [
+    "NUM_ACTIONS",
+    "STAY",
+    "Demonstrations",
     "MultiSkill",
     "MultiSkillParams",
     "MultiSkillState",
-    "Demonstrations",
-    "NUM_ACTIONS",
-    "STAY",
+    "boundaries_to_segments",
     "check_params",
     "expert_action",
     "rollout_expert",
-    "boundaries_to_segments",
 ]
 
 NUM_ACTIONS = 5
@@ -92,7 +92,7 @@ class MultiSkillParams(EnvParams):
 
 def _concrete(x: Any) -> np.ndarray | None:
     """``x`` as a numpy array, or None while it is being traced."""
-    return None if isinstance(x, jax.core.Tracer) else np.asarray(x)
+    return np.asarray(x) if is_concrete(x) else None
 
 
 def check_params(params: MultiSkillParams) -> None:
@@ -161,28 +161,14 @@ class MultiSkill(Environment):
         return spaces.Discrete(NUM_ACTIONS)
 
     def observation_space(self, params: MultiSkillParams) -> spaces.Box:
-        size = (params.num_objects + 1) * (params.height + params.width) + 3 * params.num_objects + 2
+        size = (
+            (params.num_objects + 1) * (params.height + params.width) + 3 * params.num_objects + 2
+        )
         return spaces.Box(-1.0, 1.0, (size,), jnp.float32)
 
-    def reset(
-        self, key: jax.Array, params: MultiSkillParams | None = None
-    ) -> tuple[jax.Array, MultiSkillState]:
-        """A fresh episode: ``(obs [obs_dim], state)``; raises ValueError on bad params."""
-        params = self.default_params if params is None else params
+    def check_params(self, params: MultiSkillParams) -> None:
+        """Raise a ValueError naming a bad setting; see ``check_params``."""
         check_params(params)
-        return super().reset(key, params)
-
-    def step(
-        self,
-        key: jax.Array,
-        state: MultiSkillState,
-        action: jax.Array,
-        params: MultiSkillParams | None = None,
-    ) -> tuple[jax.Array, MultiSkillState, jax.Array, jax.Array, jax.Array, dict]:
-        """One auto-resetting step; raises ValueError on bad params or a non-scalar action."""
-        params = self.default_params if params is None else params
-        check_params(params)
-        return super().step(key, state, action, params)
 
     def reset_env(
         self, key: jax.Array, params: MultiSkillParams
