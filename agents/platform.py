@@ -18,7 +18,7 @@ CPU_FLAGS = (
 
 
 def configure() -> None:
-    """Add ``CPU_FLAGS`` to ``XLA_FLAGS`` (those not set already); effective before JAX's first op."""
+    """Add the missing ``CPU_FLAGS`` to ``XLA_FLAGS``; effective before JAX's first op."""
     if os.environ.get("SKILL_AGENTS_KEEP_XLA_FLAGS"):
         return
     flags = os.environ.get("XLA_FLAGS", "")

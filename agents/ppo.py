@@ -357,7 +357,7 @@ def export_policy(
 
 
 def load_policy(directory: Any) -> tuple[Policy, Any, dict]:
-    """``(policy, params, metadata)`` from ``export_policy``; act with ``policy.act(params, ...)``."""
+    """``(policy, params, metadata)`` from ``export_policy``; act with ``policy.act``."""
     params, meta = checkpoint_load_policy(directory)
     if meta.get("agent") != "ppo":
         raise ValueError(f"{directory} holds a {meta.get('agent')!r} policy, not a PPO one")

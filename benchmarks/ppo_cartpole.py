@@ -51,23 +51,21 @@ class _FiveTupleStep:
         return obs, state, reward, jnp.logical_or(term, trunc), info
 
 
-def _greedy_return(key, env, params, act) -> float:
-    out = evaluate(key, env, params, act, jnp.zeros((64, 0)))
-    return float(out["return"].mean())
-
-
 def _run(name, init, chunk, act_of, env, params, seed, args) -> dict:
     key = jax.random.key(seed)
     state = init(key)
     t0 = time.perf_counter()
     compiled = jax.jit(chunk).lower(state).compile()
     compile_s = time.perf_counter() - t0
+    greedy = jax.jit(
+        lambda s, k: evaluate(k, env, params, act_of(s), jnp.zeros((64, 0)))["return"].mean()
+    )
     train_s, to_target, curve = 0.0, None, []
     for _ in range(args.chunks):
         t0 = time.perf_counter()
         state = jax.block_until_ready(compiled(state))
         train_s += time.perf_counter() - t0
-        curve.append(_greedy_return(jax.random.key(seed + 1), env, params, act_of(state)))
+        curve.append(float(greedy(state, jax.random.key(seed + 1))))
         if to_target is None and curve[-1] >= args.target:
             to_target = train_s
     steps = args.chunks * args.updates_per_chunk * 512

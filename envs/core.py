@@ -60,7 +60,7 @@ class Environment(gymnax_env.Environment):
     """
 
     def check_params(self, params: EnvParams) -> None:
-        """Raise a ValueError naming a bad setting in ``params``; called by ``reset`` and ``step``."""
+        """Raise a ValueError naming a bad setting in ``params`` (called by ``reset``, ``step``)."""
 
     def reset(self, key: jax.Array, params: EnvParams | None = None) -> tuple[jax.Array, EnvState]:
         """A fresh episode: ``(obs, state)``."""

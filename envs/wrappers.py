@@ -332,7 +332,7 @@ class GymnasiumEnv(gymnasium.Env):
 
 
 class GymnasiumVectorEnv(gymnasium.vector.VectorEnv):
-    """A batch of one environment as a ``gymnasium.vector.VectorEnv``; see ``to_gymnasium_vector``."""
+    """A batch of one environment as a ``gymnasium.vector.VectorEnv`` (``to_gymnasium_vector``)."""
 
     def __init__(
         self,

@@ -123,7 +123,7 @@ def test_config_is_stored_and_mismatch_names_keys(tmp_path: Path) -> None:
 def test_structure_mismatch_names_first_leaf(tmp_path: Path) -> None:
     ckpt = Checkpointer(tmp_path, CONFIG)
     ckpt.save(1, make_state(1))
-    with pytest.raises(CheckpointError, match="'params/dense/b' has shape \\(8,\\).*\\(16,\\)"):
+    with pytest.raises(CheckpointError, match=r"'params/dense/b' has shape \(8,\).*\(16,\)"):
         ckpt.restore(make_state(1, width=16))
     state = make_state(1)
     extra = state.replace(params={**state.params, "extra": jnp.zeros(2)})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -29,7 +31,7 @@ MOVES = np.array([[-1, 0], [0, 1], [1, 0], [0, -1], [0, 0]])
 
 
 def decode(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Agent [..., 2], objects [..., K, 2] and skill part [..., K] of observations [..., obs_dim]."""
+    """Agent [..., 2], objects [..., K, 2] and skill part [..., K] of observations [..., D]."""
     obs = np.asarray(obs)
     n = (K + 1) * (H + W)
     blocks = obs[..., :n].reshape(obs.shape[:-1] + (K + 1, H + W))
@@ -188,7 +190,7 @@ def test_vmapped_step_equals_single_steps():
     batched = step_batch(step_keys, jax.tree.map(lambda *x: jnp.stack(x), *states), actions, PARAMS)
     for i, state in enumerate(states):
         single = ENV.step(step_keys[i], state, actions[i], PARAMS)
-        chex.assert_trees_all_close(jax.tree.map(lambda x: x[i], batched), single)
+        chex.assert_trees_all_close(jax.tree.map(lambda x, i=i: x[i], batched), single)
 
 
 def test_same_key_same_rollout():
@@ -227,7 +229,7 @@ def test_render_colours_cells():
 def test_boundaries_to_segments_tiles_the_trajectory(boundary: list[bool]):
     segments = boundaries_to_segments(np.array(boundary))
     assert segments[0][0] == 0 and segments[-1][1] == len(boundary)
-    assert all(end == start for (_, end), (start, _) in zip(segments, segments[1:]))
+    assert all(end == start for (_, end), (start, _) in itertools.pairwise(segments))
     assert [s for s, _ in segments[1:]] == [t for t in range(1, len(boundary)) if boundary[t]]
 
 

@@ -14,7 +14,7 @@ Label convention (one step ``t`` = one call of ``step`` from state ``s_t`` with 
   episode always changes the skill.
 - The reward of step ``t`` is 1 iff ``a_t`` leaves the agent on the object of ``skill[t]``.
 
-Observation (float32, fixed size ``(num_objects + 1) * (height + width) + 3 * num_objects + 2``): the
+Observation (float32, size ``(num_objects + 1) * (height + width) + 3 * num_objects + 2``): the
 agent's row one-hot ``[height]`` and column one-hot ``[width]`` (grid coordinates, walls
 included), the same for each object in order, each object's offset from the agent
 ``[num_objects, 2]`` (rows, cols; divided by the interior size, so in [-1, 1]), then the
