@@ -1,0 +1,1 @@
+"""Speed and scale measurements, side by side with peers where one exists."""

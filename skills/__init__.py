@@ -1,0 +1,1 @@
+"""Skill machinery: boundary detection, LoRA skill libraries, composition (later issues)."""

@@ -1,0 +1,1 @@
+"""Pure-JAX gridworlds: Goal Sequence, Memory Sequence and the multi-skill world."""
