@@ -224,7 +224,8 @@ def make_ppo(config: PPOConfig, env: Any, env_params: Any) -> PPO:
         next_value = jnp.zeros_like(value)
         if config.recurrent:
             no_reset = jnp.zeros_like(rs.resets)[None]
-            next_value = policy.apply(params, carry, final_obs[None], no_reset)[2][0]
+            _, _, next_value = policy.apply(params, carry, final_obs[None], no_reset)
+            next_value = next_value[0]
         transition = Transition(
             rs.obs,
             rs.resets,
@@ -271,9 +272,8 @@ def make_ppo(config: PPOConfig, env: Any, env_params: Any) -> PPO:
         init_carry = rs.carry
         rs, traj = jax.lax.scan(env_step, rs, None, num_steps)  # traj: [T, B, ...]
         if not config.recurrent:
-            next_value = policy.apply(rs.train_state.params, rs.carry, traj.next_obs, traj.resets)[
-                2
-            ]
+            params = rs.train_state.params
+            _, _, next_value = policy.apply(params, rs.carry, traj.next_obs, traj.resets)
             traj = traj._replace(next_value=next_value)
         advantages, targets = gae(
             traj.reward,
