@@ -20,7 +20,11 @@ _REGISTRY: dict[str, str] = {
     "GoalSequence": "envs.gridworlds.goal_sequence:GoalSequence",
     "MemorySequence": "envs.gridworlds.memory_sequence:MemorySequence",
     "MultiSkill": "envs.gridworlds.multi_skill:MultiSkill",
+    "HalfCheetah": "envs.mujoco.env:HalfCheetah",
+    "Hopper": "envs.mujoco.env:Hopper",
+    "Walker2d": "envs.mujoco.env:Walker2d",
 }
+_MUJOCO = ("HalfCheetah", "Hopper", "Walker2d")  # these take backend= "native" or "mjx"
 
 
 def registered() -> list[str]:
@@ -28,12 +32,19 @@ def registered() -> list[str]:
     return sorted(_REGISTRY) + ["gymnax:<id>"]
 
 
-def make(name: str, **param_overrides: Any) -> tuple[Environment, EnvParams]:
+def make(
+    name: str, backend: str | None = None, **param_overrides: Any
+) -> tuple[Environment, EnvParams]:
     """Build ``(env, params)`` by name; keyword arguments override fields of the default params.
 
     ``gymnax:<id>`` (e.g. ``gymnax:CartPole-v1``) builds a gymnax environment, which every
-    agent here accepts as is.
+    agent here accepts as is. MuJoCo tasks take ``backend="native"`` or ``"mjx"`` (default:
+    native on CPU, MJX on accelerators; see ``envs.mujoco``).
     """
+    if backend is not None and name not in _MUJOCO:
+        raise ValueError(
+            f"{name}: backend= applies to the MuJoCo tasks ({', '.join(_MUJOCO)}) only."
+        )
     if name.startswith("gymnax:"):
         import gymnax
 
@@ -45,7 +56,8 @@ def make(name: str, **param_overrides: Any) -> tuple[Environment, EnvParams]:
         env, params = gymnax.make(gym_id)
     elif name in _REGISTRY:
         module, cls = _REGISTRY[name].split(":")
-        env = getattr(importlib.import_module(module), cls)()
+        env_cls = getattr(importlib.import_module(module), cls)
+        env = env_cls(backend) if name in _MUJOCO else env_cls()
         params = env.default_params
     else:
         raise ValueError(f"unknown environment {name!r}; known: {', '.join(registered())}")

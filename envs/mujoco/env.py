@@ -1,0 +1,168 @@
+"""MuJoCo locomotion tasks behind the functional (gymnax 1.x) interface, on either backend.
+
+``HalfCheetah``, ``Hopper`` and ``Walker2d`` reproduce Gymnasium v5 (observation, reward,
+termination, reset noise, frame skip, 1000-step truncation) with the default params. The params
+also carry task variations, all vmappable leaves:
+
+- ``direction`` (+1 or -1) and ``target_velocity``: the forward term is
+  ``direction * x_velocity`` (inf, the default, as in Gymnasium) or
+  ``-|direction * x_velocity - target_velocity|`` (velocity tracking, e.g. cheetah-velocity);
+- ``jump_weight``: adds ``jump_weight * (z - z_rest)``, the root height above its rest height;
+- ``friction_scale``, ``gravity_scale``, ``mass_scale``: dynamics shifts, applied per
+  environment inside a vmapped batch on both backends.
+
+Backends: ``"native"`` (MuJoCo in C, float64, through ``jax.pure_callback``; identical to
+Gymnasium) and ``"mjx"`` (MuJoCo XLA, float32, pure JAX). The default is ``"native"`` when JAX
+runs on CPU, where it is the faster one, and ``"mjx"`` on accelerators.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from envs.core import Environment, EnvParams, EnvState, is_concrete, spaces
+from envs.mujoco.physics import Backend, Physics
+from envs.mujoco.tasks import TASKS, Task
+
+__all__ = ["HalfCheetah", "Hopper", "MujocoEnv", "MujocoParams", "MujocoState", "Walker2d"]
+
+BACKENDS = ("native", "mjx")
+
+
+@struct.dataclass
+class MujocoParams(EnvParams):
+    """Task variations (defaults reproduce Gymnasium v5); every field is a vmappable leaf."""
+
+    max_steps_in_episode: int = 1000
+    target_velocity: float = float("inf")  # inf: reward forward progress, as Gymnasium does
+    direction: float = 1.0  # +1 forward, -1 backward
+    jump_weight: float = 0.0  # weight of the root height above its rest height
+    friction_scale: float = 1.0
+    gravity_scale: float = 1.0
+    mass_scale: float = 1.0
+
+
+@struct.dataclass
+class MujocoState(EnvState):
+    """The physics state and the step count of the episode."""
+
+    physics: Physics
+    time: jax.Array  # int32 []
+
+
+def default_backend() -> str:
+    """``"native"`` when JAX runs on CPU (faster there), ``"mjx"`` on GPU/TPU."""
+    return "native" if jax.default_backend() == "cpu" else "mjx"
+
+
+class MujocoEnv(Environment):
+    """A Gymnasium v5 locomotion task; subclasses set ``task``."""
+
+    task: Task
+
+    def __init__(self, backend: str | Backend | None = None) -> None:
+        backend = default_backend() if backend is None else backend
+        if isinstance(backend, str):
+            if backend not in BACKENDS:
+                raise ValueError(
+                    f"{self.task.name}: unknown backend {backend!r}; choose one of {BACKENDS}."
+                )
+            if backend == "native":
+                from envs.mujoco.native_backend import NativeBackend as backend_cls
+            else:
+                from envs.mujoco.mjx_backend import MjxBackend as backend_cls
+            backend = backend_cls(self.task)
+        self.backend = backend
+        self._rest_height = float(self.task.model.qpos0[1])
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    @property
+    def default_params(self) -> MujocoParams:
+        return MujocoParams()
+
+    def check_params(self, params: MujocoParams) -> None:
+        """Raise a ValueError naming a bad (concrete) task parameter."""
+        if not isinstance(params, MujocoParams):
+            raise ValueError(
+                f"{self.name}: expected MujocoParams, got {type(params).__name__}; "
+                "build them with envs.make or env.default_params.replace(...)."
+            )
+        if params.target_velocity is None:
+            raise ValueError(
+                f"{self.name}: target_velocity is None; use float('inf') for Gymnasium's "
+                "forward-progress reward or a number for velocity tracking."
+            )
+        checks = {
+            "max_steps_in_episode": (lambda v: v >= 1, "must be >= 1"),
+            "target_velocity": (lambda v: ~np.isnan(v), "must not be NaN (inf: forward reward)"),
+            "direction": (lambda v: np.abs(v) == 1, "must be +1 or -1"),
+            "jump_weight": (np.isfinite, "must be finite"),
+            "friction_scale": (lambda v: np.isfinite(v) & (v > 0), "must be finite and > 0"),
+            "gravity_scale": (lambda v: np.isfinite(v) & (v >= 0), "must be finite and >= 0"),
+            "mass_scale": (lambda v: np.isfinite(v) & (v > 0), "must be finite and > 0"),
+        }
+        for name, (ok, rule) in checks.items():
+            v = getattr(params, name)
+            if v is None or (is_concrete(v) and not np.all(ok(np.asarray(v)))):
+                raise ValueError(f"{self.name}: {name} {rule}, got {v}.")
+
+    def action_space(self, params: MujocoParams | None = None) -> spaces.Box:
+        low, high = np.asarray(self.task.model.actuator_ctrlrange, np.float32).T
+        return spaces.Box(jnp.asarray(low), jnp.asarray(high), (self.task.act_dim,), jnp.float32)
+
+    def observation_space(self, params: MujocoParams | None = None) -> spaces.Box:
+        return spaces.Box(-jnp.inf, jnp.inf, (self.task.obs_dim,), jnp.float32)
+
+    def reset_env(self, key: jax.Array, params: MujocoParams) -> tuple[jax.Array, MujocoState]:
+        qpos, qvel = self.task.reset_qpos_qvel(key)
+        state = MujocoState(physics=Physics.at_rest(qpos, qvel), time=jnp.int32(0))
+        return self.task.observation(qpos, qvel), state
+
+    def step_env(
+        self, key: jax.Array, state: MujocoState, action: jax.Array, params: MujocoParams
+    ) -> tuple[jax.Array, MujocoState, jax.Array, jax.Array, dict]:
+        task, before = self.task, state.physics
+        action = jnp.asarray(action, jnp.float32)
+        after = self.backend.step(
+            before, action, params.friction_scale, params.gravity_scale, params.mass_scale
+        )
+        # root x displacement from value + residual parts: exact for the float64 native state
+        dx = (after.qpos[0] - before.qpos[0]) + (after.residual[0] - before.residual[0])
+        x_velocity = dx / task.dt
+        forward = params.direction * x_velocity
+        tracking = -jnp.abs(forward - params.target_velocity)
+        forward = jnp.where(jnp.isinf(params.target_velocity), forward, tracking)
+        forward_reward = task.forward_reward_weight * forward
+        healthy = task.is_healthy(after.qpos, after.qvel)
+        survive_reward = task.healthy_reward * healthy
+        ctrl_cost = task.ctrl_cost_weight * jnp.sum(jnp.square(action))
+        height = after.qpos[1] - self._rest_height
+        reward = forward_reward + survive_reward - ctrl_cost + params.jump_weight * height
+        terminated = jnp.logical_not(healthy) if task.terminates else jnp.array(False)
+        info = {"x_position": after.qpos[0], "x_velocity": x_velocity, "height": height}
+        new_state = MujocoState(physics=after, time=state.time + 1)
+        return task.observation(after.qpos, after.qvel), new_state, reward, terminated, info
+
+
+class HalfCheetah(MujocoEnv):
+    """Gymnasium ``HalfCheetah-v5``: obs 17, action 6, never terminates."""
+
+    task = TASKS["HalfCheetah"]
+
+
+class Hopper(MujocoEnv):
+    """Gymnasium ``Hopper-v5``: obs 11, action 3, terminates when it falls."""
+
+    task = TASKS["Hopper"]
+
+
+class Walker2d(MujocoEnv):
+    """Gymnasium ``Walker2d-v5``: obs 17, action 6, terminates when it falls."""
+
+    task = TASKS["Walker2d"]
