@@ -124,3 +124,67 @@ class RecurrentActorCritic(nn.Module):
         pi = PolicyHead(self.action_dim, self.discrete)(MLP(self.head, self.activation)(x))
         value = dense(1, scale=1.0)(MLP(self.head, self.activation)(x))
         return carry, pi, value[..., 0]
+
+
+def torch_dense(features: int) -> nn.Dense:
+    """A dense layer initialised like PyTorch's ``nn.Linear`` (uniform, variance 1/(3 fan_in)).
+
+    Residual stacks without normalisation (SynthER's denoiser) keep their activations in scale
+    with this init; orthogonal sqrt(2) init would double the variance at every block.
+    """
+    return nn.Dense(
+        features, kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+    )
+
+
+class ResidualMLP(nn.Module):
+    """Linear -> ``num_blocks`` x (x + Linear(act(LN?(x)))) -> LN? -> act -> Linear(out_dim)."""
+
+    width: int
+    num_blocks: int
+    out_dim: int
+    activation: str = "relu"
+    layer_norm: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # [..., D] -> [..., out_dim]
+        act = activation_fn(self.activation)
+        norm = nn.LayerNorm if self.layer_norm else lambda: lambda h: h
+        x = torch_dense(self.width)(x)
+        for _ in range(self.num_blocks):
+            x = x + torch_dense(self.width)(act(norm()(x)))
+        return torch_dense(self.out_dim)(act(norm()(x)))
+
+
+class Critic(nn.Module):
+    """A state-action value MLP: Q(obs, action)."""
+
+    hidden: Sequence[int] = (256, 256)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        # obs [..., obs_dim], action [..., act_dim] -> q [...]
+        x = MLP(self.hidden, self.activation)(jnp.concatenate([obs, action], axis=-1))
+        return dense(1, scale=1.0)(x)[..., 0]
+
+
+class CriticEnsemble(nn.Module):
+    """``num_critics`` independently initialised critics evaluated at once (twin critics: 2)."""
+
+    num_critics: int = 2
+    hidden: Sequence[int] = (256, 256)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        # obs [..., obs_dim], action [..., act_dim] -> q [num_critics, ...]
+        ensemble = nn.vmap(
+            Critic,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=None,
+            out_axes=0,
+            axis_size=self.num_critics,
+        )
+        return ensemble(self.hidden, self.activation)(obs, action)

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from flax.training.train_state import TrainState
@@ -96,7 +97,7 @@ class PPOConfig:
             v = getattr(self, name)
             if is_concrete(v):
                 require(
-                    bool(jnp.all(ok(jnp.asarray(v)))),
+                    bool(np.all(ok(np.asarray(v)))),  # numpy: also valid under jit
                     f"PPOConfig.{name}={v} is invalid; it must be {ranges.get(name, '> 0')}",
                 )
 

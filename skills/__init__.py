@@ -1,1 +1,1 @@
-"""Skill machinery: boundary detection, LoRA skill libraries, composition (later issues)."""
+"""Skill machinery: boundary detection, segments, segment-conditioned and hierarchical policies."""

@@ -1,0 +1,333 @@
+"""SBD end to end: the action model, segments, detection on data with known switches, controls."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+from agents.replay import Transition
+from envs.core import spaces
+from envs.gridworlds.multi_skill import boundaries_to_segments, rollout_expert
+from skills.action_model import (
+    ActionModelConfig,
+    episode_starts,
+    make_action_model,
+    make_train,
+)
+from skills.boundary import BoundaryConfig, detect_boundaries
+from skills.policies import GoalData, GoalPolicyConfig, HierarchicalAgent, make_goal_policy
+from skills.policies import make_train as make_policy_train
+from skills.segments import (
+    boundary_scores,
+    fixed_length_boundaries,
+    hindsight_goals,
+    match_boundaries,
+    random_boundaries,
+    segment_end,
+    to_segments,
+)
+
+TOLERANCE = 2
+
+
+@jax.jit
+def _pooled(predicted, true, start):
+    counts = jax.vmap(lambda p, t, s: match_boundaries(p, t, TOLERANCE, s))(predicted, true, start)
+    return boundary_scores(jax.tree.map(jnp.sum, counts))
+
+
+def pooled_f1(predicted, true, start) -> dict[str, float]:
+    """Precision, recall and F1 pooled over trajectories [N, T]."""
+    return {k: float(v) for k, v in _pooled(predicted, true, start).items()}
+
+
+def segment_all(model, params, obs, action, start, config):
+    step = model.step_fn(params)
+    return jax.jit(
+        jax.vmap(
+            lambda o, a, s: detect_boundaries(step, model.initial_memory(), (o, a), config, None, s)
+        )
+    )(obs, action, start)
+
+
+def best_baselines(true, start, key) -> tuple[float, float]:
+    """Best F1 of fixed-length (any length) and random (any rate) segmentation: oracle-tuned."""
+    fixed_f1 = jax.jit(
+        lambda n: _pooled(
+            jnp.broadcast_to(fixed_length_boundaries(n, start), true.shape), true, start
+        )
+    )
+    fixed = max(float(fixed_f1(n)["f1"]) for n in range(2, 25))
+    rand = max(
+        pooled_f1(random_boundaries(key, r, start), true, start)["f1"]
+        for r in (0.05, 0.1, 0.15, 0.2, 0.3)
+    )
+    return fixed, rand
+
+
+# ---------------------------------------------------------------- segments and metrics
+
+
+def test_match_boundaries_is_one_to_one_within_tolerance():
+    true = np.zeros(30, bool)
+    true[[0, 10, 12, 25]] = True
+    pred = np.zeros(30, bool)
+    pred[[0, 11, 20, 27, 28]] = True  # 11 matches 10 (first free); 27 matches 25; 28 no longer
+    counts = match_boundaries(pred, true, 2)
+    assert [int(x) for x in counts] == [2, 4, 3]  # t = 0 is not counted
+    scores = boundary_scores(counts)
+    np.testing.assert_allclose([scores["precision"], scores["recall"]], [0.5, 2 / 3], rtol=1e-6)
+    assert int(match_boundaries(pred, true, 0).true_positive) == 0
+    # ignored steps (episode starts) count for neither side
+    ignore = np.zeros(30, bool)
+    ignore[[10, 11]] = True
+    assert [int(x) for x in match_boundaries(pred, true, 2, ignore)] == [1, 3, 2]  # 27 -> 25
+
+
+def test_fixed_length_and_segment_ends_restart_at_episodes():
+    start = np.zeros(12, bool)
+    start[[0, 7]] = True
+    fixed = np.asarray(fixed_length_boundaries(3, start))
+    np.testing.assert_array_equal(np.flatnonzero(fixed), [0, 3, 6, 7, 10])
+    assert to_segments(fixed) == [(0, 3), (3, 6), (6, 7), (7, 10), (10, 12)]
+    np.testing.assert_array_equal(segment_end(fixed), [2, 2, 2, 5, 5, 5, 6, 9, 9, 9, 11, 11])
+    next_obs = jnp.arange(12.0)[:, None] * jnp.ones((1, 2))
+    np.testing.assert_array_equal(hindsight_goals(next_obs, fixed)[:, 0], segment_end(fixed))
+    assert np.asarray(random_boundaries(jax.random.key(0), 0.0, start)).sum() == 2
+
+
+# ---------------------------------------------------------------- the action model
+
+
+def test_segmentation_losses_equal_fresh_runs_on_each_segment():
+    """The scan's memory resets are real: each segment's losses (after its first step) are the
+    model's losses from a fresh memory started right after the segment's first step."""
+    config = ActionModelConfig(embed=(16,), gru_hidden=16, head=(16,))
+    model = make_action_model(config, spaces.Discrete(5))
+    params = model.init(jax.random.key(0), 6)
+    obs = jax.random.normal(jax.random.key(1), (50, 6))
+    action = jax.random.randint(jax.random.key(2), (50,), 0, 5)
+    params = jax.tree.map(lambda x: 5 * x, params)  # confident, varied predictions
+    event = np.zeros(50, bool)
+    event[[5, 13, 14, 30]] = True  # cuts there (14 waits for min_len: 15)
+    seg = jax.jit(detect_boundaries, static_argnums=0)(
+        model.step_fn(params),
+        model.initial_memory(),
+        (obs, action),
+        BoundaryConfig(gap=1e6),
+        event,
+    )
+    cuts = np.flatnonzero(seg.boundary)
+    np.testing.assert_array_equal(cuts, [0, 5, 13, 15, 30])
+    # fresh memory from the step after each cut: one pass with resets there
+    resets = np.zeros((50, 1), bool)
+    resets[0] = True
+    resets[cuts[1:] + 1] = True
+    fresh = model.nll(params, obs[:, None], action[:, None], jnp.asarray(resets))[:, 0]
+    np.testing.assert_allclose(seg.nll, fresh, rtol=1e-4, atol=1e-4)
+    # and without the resets the losses differ: the memory mattered
+    plain = model.nll(params, obs[:, None], action[:, None], jnp.zeros((50, 1), bool))
+    assert not np.allclose(seg.nll[6:], plain[6:, 0], atol=1e-3)
+
+
+def switching_gaussian_demos(key, num: int, length: int):
+    """Continuous demos: action = one of 3 skill means + noise; the observation holds the previous
+    action, so the current skill can be inferred; skills switch every 8-16 steps."""
+    means = jnp.array([[1.0, 0.0], [-0.5, 0.8], [-0.5, -0.8]])
+
+    def one(key):
+        k_len, k_skill, k_noise, k_obs = jax.random.split(key, 4)
+        durations = jax.random.randint(k_len, (length,), 8, 17)
+        switch_at = jnp.cumsum(durations)
+        t = jnp.arange(length)
+        segment = jnp.searchsorted(switch_at, t, side="right")
+        shifts = jax.random.randint(k_skill, (length + 1,), 1, 3)  # always a different skill
+        skill = jnp.cumsum(shifts)[segment] % 3
+        action = means[skill] + 0.1 * jax.random.normal(k_noise, (length, 2))
+        previous = jnp.concatenate([jnp.zeros((1, 2)), action[:-1]])
+        obs = jnp.concatenate([previous, jax.random.normal(k_obs, (length, 2))], -1)
+        boundary = jnp.concatenate([jnp.array([True]), skill[1:] != skill[:-1]])
+        return obs, action, boundary
+
+    return jax.vmap(one)(jax.random.split(key, num))
+
+
+def test_continuous_actions_spike_at_switches():
+    obs, action, true = switching_gaussian_demos(jax.random.key(0), 128, 64)
+    false = jnp.zeros(true.shape, bool)
+    demos = Transition(obs, action, false.astype(jnp.float32), obs, false, false)
+    config = ActionModelConfig(embed=(32,), gru_hidden=32, head=(32,), num_updates=300, lr=1e-2)
+    space = spaces.Box(-2.0, 2.0, (2,))
+    params, log = jax.jit(make_train(config, space))(jax.random.key(1), demos)
+    assert log["loss"][-20:].mean() < log["loss"][:20].mean() - 1.0
+    model = make_action_model(config, space)
+    start = episode_starts(false, false)
+    seg = segment_all(model, params, obs, action, start, BoundaryConfig(gap=3.0))
+    scores = pooled_f1(seg.boundary, true, start)
+    fixed, rand = best_baselines(true, start, jax.random.key(2))
+    assert scores["f1"] > 0.75 and scores["f1"] > fixed + 0.2 and scores["f1"] > rand + 0.3, (
+        scores,
+        fixed,
+        rand,
+    )
+
+
+@pytest.mark.parametrize(
+    ("demos", "match"),
+    [
+        (
+            Transition(*(jnp.zeros((4, 8)),) * 6),
+            r"obs must be \[N trajectories, T steps, obs_dim\]",
+        ),
+        (
+            Transition(jnp.zeros((4, 8, 3)), jnp.zeros((4, 8)), *(jnp.zeros((4, 8)),) * 4),
+            "discrete actions must be integers",
+        ),
+        (
+            Transition(
+                jnp.full((4, 8, 3), jnp.nan), jnp.zeros((4, 8), int), *(jnp.zeros((4, 8)),) * 4
+            ),
+            "NaN or inf",
+        ),
+    ],
+)
+def test_bad_demonstrations_are_named(demos, match):
+    train = make_train(ActionModelConfig(num_updates=1), spaces.Discrete(5))
+    with pytest.raises(ValueError, match=match):
+        train(jax.random.key(0), demos)
+
+
+def test_bad_config_is_named():
+    with pytest.raises(ValueError, match=r"ActionModelConfig\.lr=-1\.0 must be > 0"):
+        make_action_model(ActionModelConfig(lr=-1.0), spaces.Discrete(5))
+    with pytest.raises(ValueError, match=r"GoalPolicyConfig\.batch_size must be >= 1"):
+        make_goal_policy(GoalPolicyConfig(batch_size=0), spaces.Discrete(5))
+
+
+# ---------------------------------------------------------------- the gridworld
+
+
+ENV_KWARGS = {"height": 33, "width": 33, "num_objects": 3, "min_skill_len": 12, "max_skill_len": 24}
+GRID_MODEL = ActionModelConfig(
+    embed=(48,), gru_hidden=48, head=(48,), num_updates=500, batch_size=32, lr=3e-3
+)
+GAP = 0.75
+UNION_GAP = 1.5  # with events covering the predictable switches, a higher gap pays
+
+
+@pytest.fixture(scope="module")
+def gridworld():
+    """Demonstrations with the skill hidden and revealed (the same rollouts), and a model for
+    each, trained on the 768 trajectories (of one 64-step episode) it will segment."""
+    env, hidden = envs.make("MultiSkill", **ENV_KWARGS)
+    keys = jax.random.split(jax.random.key(0), 768)
+    rollouts = jax.jit(jax.vmap(lambda k, p: rollout_expert(k, env, p, 64), in_axes=(0, None)))
+    train = jax.jit(make_train(GRID_MODEL, env.action_space(hidden)))
+    out = {}
+    for name, params in (("hidden", hidden), ("revealed", hidden.replace(reveal_skill=True))):
+        demos = rollouts(keys, params)
+        model_params, log = train(jax.random.key(1), Transition(*demos[:6]))
+        out[name] = (demos, model_params, log)
+    return env, hidden, out
+
+
+def test_gridworld_boundaries_beat_fixed_length_and_random(gridworld):
+    env, params, arms = gridworld
+    demos, model_params, log = arms["hidden"]
+    assert log["loss"][-50:].mean() < 0.7 * np.log(5)  # it learnt something about the skills
+    model = make_action_model(GRID_MODEL, env.action_space(params))
+    start = episode_starts(demos.terminated, demos.truncated)
+    seg = segment_all(model, model_params, demos.obs, demos.action, start, BoundaryConfig(gap=GAP))
+    scores = pooled_f1(seg.boundary, demos.boundary, start)
+    fixed, rand = best_baselines(demos.boundary, start, jax.random.key(2))
+    assert scores["f1"] > fixed + 0.05 and scores["f1"] > rand + 0.15, (scores, fixed, rand)
+    # unioned with environment events (the step after an object was reached), as the reference
+    # does with its game events: the predictable switches are covered too
+    reached = jnp.concatenate([jnp.zeros((768, 1)), demos.reward[:, :-1]], axis=1) > 0
+    events = reached & ~start
+    union = jax.jit(
+        jax.vmap(
+            lambda o, a, e, s: detect_boundaries(
+                model.step_fn(model_params),
+                model.initial_memory(),
+                (o, a),
+                BoundaryConfig(gap=UNION_GAP),
+                e,
+                s,
+            )
+        )
+    )(demos.obs, demos.action, events, start)
+    only_events = pooled_f1(events | start, demos.boundary, start)
+    both = pooled_f1(union.boundary, demos.boundary, start)
+    assert both["f1"] > scores["f1"] + 0.08 and both["f1"] > only_events["f1"] + 0.02, (
+        both,
+        scores,
+        only_events,
+    )
+
+
+def test_negative_control_revealed_skill_collapses_spikes(gridworld):
+    env, params, arms = gridworld
+    model = make_action_model(GRID_MODEL, env.action_space(params))
+    f1, spike = {}, {}
+    for name, (demos, model_params, _) in arms.items():
+        start = episode_starts(demos.terminated, demos.truncated)
+        seg = segment_all(
+            model, model_params, demos.obs, demos.action, start, BoundaryConfig(gap=GAP)
+        )
+        f1[name] = pooled_f1(seg.boundary, demos.boundary, start)["f1"]
+        tm = lambda x: jnp.swapaxes(x, 0, 1)
+        nll = np.asarray(model.nll(model_params, tm(demos.obs), tm(demos.action), tm(start))).T
+        switch = np.asarray(demos.boundary & ~start)
+        spike[name] = nll[switch].mean() - nll[~np.asarray(demos.boundary)].mean()
+    assert f1["revealed"] < 0.5 * f1["hidden"], f1
+    assert spike["revealed"] < 0.25 * spike["hidden"], spike
+
+
+def test_goal_policy_on_true_segments_reaches_goals_and_the_hierarchy_sequences_them(gridworld):
+    env, params, arms = gridworld
+    demos, _, _ = arms["hidden"]
+    config = GoalPolicyConfig(hidden=(64, 64), num_updates=800, batch_size=128, lr=3e-3)
+    policy = make_goal_policy(config, env.action_space(params))
+    data = GoalData(demos.obs, demos.action, demos.next_obs, segment_end(demos.boundary))
+    policy_params, log = jax.jit(make_policy_train(config, env.action_space(params)))(
+        jax.random.key(3), data
+    )
+    agent = HierarchicalAgent(policy)
+    params = params.replace(max_steps_in_episode=200)  # no reset during the tour
+
+    def tour(key):  # visit all objects in a random order within 180 steps
+        key_reset, key_order = jax.random.split(key)
+        obs, state = env.reset(key_reset, params)
+        order = jax.random.permutation(key_order, params.num_objects)
+        plan = jax.vmap(
+            lambda o: env.get_obs(state.replace(agent_pos=state.object_pos[o]), params)
+        )(order)
+
+        def step(carry, k):
+            st, obs, index, progress = carry
+            index, action = agent.act(policy_params, plan, index, obs, k)
+            obs, st, *_ = env.step(k, st, action, params)
+            target = st.object_pos[order[jnp.minimum(progress, params.num_objects - 1)]]
+            arrived = (progress < params.num_objects) & jnp.all(st.agent_pos == target)
+            return (st, obs, index, progress + arrived), None
+
+        init = (state, obs, jnp.int32(0), jnp.int32(0))
+        (*_, progress), _ = jax.lax.scan(step, init, jax.random.split(key, 180))
+        return progress
+
+    progress = jax.jit(jax.vmap(tour))(jax.random.split(jax.random.key(4), 64))
+    assert (progress == params.num_objects).mean() > 0.4, progress
+    chex.assert_shape(log["loss"], (800,))
+
+
+def test_boundaries_to_segments_agrees_with_segment_end():
+    start = np.zeros(20, bool)
+    start[[0, 5, 6, 13]] = True
+    ends = np.asarray(segment_end(start))
+    for a, b in boundaries_to_segments(start):
+        np.testing.assert_array_equal(ends[a:b], b - 1)
