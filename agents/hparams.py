@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 C = TypeVar("C")
@@ -26,6 +28,22 @@ def require(condition: bool, message: str) -> None:
     """Raise ``ValueError(message)`` unless ``condition``; skipped for traced values."""
     if not condition:
         raise ValueError(message)
+
+
+def require_fields(config: Any, checks: dict[str, tuple[Callable[[Any], Any], str]]) -> None:
+    """Raise a ValueError naming the first field whose value fails its check.
+
+    ``checks`` maps a field name to (predicate over an array, what the value must be); values
+    that are traced (inside ``jax.jit``/``vmap``) are skipped, arrays (sweeps) are checked
+    element-wise.
+    """
+    for name, (ok, allowed) in checks.items():
+        v = getattr(config, name)
+        if not isinstance(v, jax.core.Tracer):
+            require(
+                bool(np.all(ok(np.asarray(v)))),
+                f"{type(config).__name__}.{name}={v} is invalid; it must be {allowed}",
+            )
 
 
 def to_dict(config: Any) -> dict[str, Any]:

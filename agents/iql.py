@@ -28,10 +28,9 @@ from flax import struct
 from flax.training.train_state import TrainState
 
 from agents import offline
-from agents.hparams import require, static, sweepable
+from agents.hparams import require, require_fields, static, sweepable
 from agents.networks import MLP, CriticEnsemble, dense
 from agents.replay import Transition
-from envs.core import is_concrete
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -81,13 +80,7 @@ class IQLConfig:
             "temperature": (lambda v: v >= 0, ">= 0 (0 is plain behaviour cloning)"),
             "max_weight": (lambda v: v > 0, "> 0"),
         }
-        for name, (ok, allowed) in checks.items():
-            v = getattr(self, name)
-            if is_concrete(v):
-                require(
-                    bool(jnp.all(ok(jnp.asarray(v)))),
-                    f"IQLConfig.{name}={v} is invalid; it must be {allowed}",
-                )
+        require_fields(self, checks)
 
 
 class GaussianActor(nn.Module):

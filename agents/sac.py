@@ -35,10 +35,10 @@ from flax.training.train_state import TrainState
 
 from agents.checkpoint import load_policy as checkpoint_load_policy
 from agents.checkpoint import save_policy
-from agents.hparams import from_dict, require, static, sweepable, to_dict
+from agents.hparams import from_dict, require, require_fields, static, sweepable, to_dict
 from agents.networks import MLP, CriticEnsemble, activation_fn, dense
 from agents.replay import Transition
-from envs.core import is_concrete, spaces
+from envs.core import spaces
 from envs.wrappers import EpisodeStats
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -110,13 +110,7 @@ class SACConfig:
             "init_alpha": (lambda v: v > 0, "> 0"),
             "target_entropy_scale": (lambda v: jnp.isfinite(v), "finite"),
         }
-        for name, (ok, allowed) in checks.items():
-            v = getattr(self, name)
-            if is_concrete(v):
-                require(
-                    bool(jnp.all(ok(jnp.asarray(v)))),
-                    f"SACConfig.{name}={v} is invalid; it must be {allowed}",
-                )
+        require_fields(self, checks)
 
 
 class SquashedGaussianActor(nn.Module):

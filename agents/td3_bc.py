@@ -24,10 +24,9 @@ from flax import struct
 from flax.training.train_state import TrainState
 
 from agents import offline
-from agents.hparams import require, static, sweepable
+from agents.hparams import require, require_fields, static, sweepable
 from agents.networks import MLP, Critic, CriticEnsemble, dense
 from agents.replay import Transition
-from envs.core import is_concrete
 
 
 @struct.dataclass
@@ -77,13 +76,7 @@ class TD3BCConfig:
             "policy_noise": (lambda v: v >= 0, ">= 0"),
             "noise_clip": (lambda v: v >= 0, ">= 0"),
         }
-        for name, (ok, allowed) in checks.items():
-            v = getattr(self, name)
-            if is_concrete(v):
-                require(
-                    bool(jnp.all(ok(jnp.asarray(v)))),
-                    f"TD3BCConfig.{name}={v} is invalid; it must be {allowed}",
-                )
+        require_fields(self, checks)
 
 
 class Actor(nn.Module):

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import tyro
 
 import envs  # noqa: F401  (sets the XLA flags before any JAX program runs)
@@ -30,6 +28,7 @@ from agents.cultural import (
     make_in_weights_generation,
 )
 from agents.ppo import make_ppo
+from benchmarks.timing import timed as _time
 from envs.gridworlds.memory_sequence import MemorySequence
 from envs.gridworlds.social import SocialMemorySequence
 from experiments import cultural_in_context, cultural_in_weights
@@ -48,19 +47,6 @@ class Args:
     iw_steps: int = 16_384
     iw_seq_len: int = 24
     out: str | None = None  # JSON file for the figures
-
-
-def _time(fn, *args, repeats: int) -> tuple[float, float]:
-    """(compile s, median run s) of ``jax.jit(fn)(*args)``."""
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
-    return compile_s, float(np.median(times))
 
 
 def in_context(args: Args) -> dict:

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 
 import jax
-import numpy as np
 import tyro
 
 from agents.diffusion import PRESETS, fit_normalizer, make_diffusion, num_params
+from benchmarks.timing import timed
 
 DATA_DIM = 2 * 17 + 6 + 2
 PEER_TRAIN = {256: 2.53, 1024: 0.79}  # SynthER PyTorch, width 2048, steps/s on this CPU
@@ -41,19 +40,6 @@ class Args:
     sample_steps: int = 8  # Heun noise levels per timed sampling call
     repeats: int = 3
     out: str | None = None
-
-
-def timed(fn, *args, repeats: int) -> tuple[float, float]:
-    """(compile seconds, median run seconds) of ``jax.jit``-compiled ``fn``."""
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
-    return compile_s, float(np.median(times))
 
 
 def main(args: Args) -> list[dict]:

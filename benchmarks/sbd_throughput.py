@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 
 import jax
-import numpy as np
 import tyro
 
 import envs
 from agents.replay import Transition
+from benchmarks.timing import timed as _timed
 from envs.gridworlds.multi_skill import rollout_expert
 from skills.action_model import ActionModelConfig, episode_starts, make_action_model, make_train
 from skills.boundary import BoundaryConfig, detect_boundaries
@@ -35,19 +34,6 @@ class Args:
     train_batch: int = 32
     repeats: int = 3
     out: str | None = None
-
-
-def _timed(fn, *args, repeats: int) -> tuple[float, float]:
-    """(compile s, median run s) of jitted ``fn`` on ``args``."""
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
-    return compile_s, float(np.median(times))
 
 
 def main(args: Args) -> dict:

@@ -10,7 +10,9 @@ Then, as in D4RL:
 
 - ``random``: uniformly random actions;
 - ``expert``: the final policy; ``medium``: the snapshot whose evaluation return is closest to
-  a third of the expert's (both sample actions from the stochastic policy, as D4RL did);
+  a third of the expert's, among those up to the first that reaches it (a dip of a noisy
+  learning curve late in training is not a medium policy); both sample actions from the
+  stochastic policy, as D4RL did;
 - ``medium-replay``: SAC's replay buffer up to the medium snapshot, random warm-up included;
 - ``medium-expert``: the medium and expert data together.
 
@@ -153,6 +155,13 @@ def train_with_snapshots(args: Args, task: str, folder: RunFolder) -> tuple[Run,
     )
 
 
+def medium_snapshot(evals: np.ndarray, expert_return: float) -> int:
+    """The stage closest to a third of ``expert_return`` up to the first stage that reaches it."""
+    reached = np.flatnonzero(evals >= expert_return / 3)
+    last = reached[0] if reached.size else evals.size - 1
+    return int(np.argmin(np.abs(evals[: last + 1] - expert_return / 3)))
+
+
 def uniform_actions(sac: Any):
     """``act(obs [E, D], key) -> action [E, act_dim]``, uniform within the action bounds."""
     low, high = sac.policy.low, sac.policy.high
@@ -227,7 +236,7 @@ def make_task_datasets(args: Args, task: str) -> dict:
     evals = metrics["eval_return"][0]
     stage_steps = args.sac.learning_starts + args.snapshot_every * (np.arange(evals.size) + 1)
     expert_return = float(evals[-1])
-    medium = int(np.argmin(np.abs(evals - expert_return / 3)))
+    medium = medium_snapshot(evals, expert_return)
     medium_steps = int(stage_steps[medium])
     uniform = uniform_actions(sac)
     random_act = lambda c, o, r, k: (c, uniform(o, k))

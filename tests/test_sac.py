@@ -294,3 +294,13 @@ def test_make_datasets_saves_every_level_and_skips_when_done(tmp_path):
     assert sizes["medium-replay"] == results["medium_env_steps"]
     assert sizes["medium-expert"] == sizes["medium"] + sizes["expert"] == 4_000
     assert md.main(args)["hopper"] == results  # everything exists: skipped
+
+
+def test_medium_is_the_closest_snapshot_on_the_way_up():
+    from experiments.make_datasets import medium_snapshot
+
+    # expert 1500 -> target 500; the late dip to 495 is not a medium policy
+    evals = np.array([188, 325, 453, 871, 439, 2432, 495, 1500.0])
+    assert medium_snapshot(evals, 1500.0) == 2
+    assert medium_snapshot(np.array([-60, 1100, 2000, 6000.0]), 6000.0) == 2
+    assert medium_snapshot(np.array([900, 100, 520, 1500.0]), 1500.0) == 0

@@ -1,0 +1,23 @@
+"""Timing shared by the benchmarks: compile once, then the median of repeated runs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def timed(fn: Callable[..., Any], *args: Any, repeats: int) -> tuple[float, float]:
+    """(compile seconds, median run seconds) of ``jax.jit(fn)(*args)`` over ``repeats`` runs."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t0)
+    return compile_s, float(np.median(times))
