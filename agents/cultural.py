@@ -2,15 +2,16 @@
 agents that build on the previous generation's play, in context and in weights.
 
 The agent is ``agents.ppo``'s recurrent PPO, RL^2-style: its GRU memory persists across the
-trials of an episode, and the Memory Sequence observation already carries the RL^2 inputs
-(last action, last reward, trial start and trial index), plus the social channel of
-``envs.gridworlds.social`` (a demonstrator's symbol and a visibility bit).
+trials of an episode, and the observations of Memory Sequence and Goal Sequence already carry
+the RL^2 inputs (last reward and trial index; Memory Sequence also the last action and a
+trial-start flag), plus the social channel of ``envs.gridworlds.social`` (a demonstrator's
+symbol or body, and a visibility bit). Either social task works everywhere below.
 
 - In context (``make_in_context_generation``): one agent is trained with noisy oracles whose
   visibility decays over the trials of an episode. Weights are then frozen. On one fixed task a
-  population of copies plays an episode per generation; generation 0 watches random symbols,
-  generation k + 1 watches the selected trial of generation k's best member (by last-trial
-  return).
+  population of copies plays an episode per generation; generation 0 watches a random
+  demonstrator, generation k + 1 watches the selected trial of generation k's best member (by
+  last-trial return) replayed.
 - In weights (``make_in_weights_generation``): each generation trains fresh PPO agents while
   the previous generation's best recorded episodes are shown, visibility annealed 1 -> 0 over
   training. The demonstrators never see the learner, so replaying their recorded episodes is
@@ -34,7 +35,7 @@ from flax import struct
 from agents.checkpoint import Checkpointer
 from agents.hparams import require, static
 from agents.ppo import Policy, PPOConfig, make_ppo
-from envs.gridworlds.social import SocialMemorySequence, SocialMemorySequenceParams
+from envs.gridworlds.social import SocialParams, demo_spec, trial_clock
 
 __all__ = [
     "VISIBILITY",
@@ -54,7 +55,7 @@ class Record(NamedTuple):
     """What a batch of agents did, trial by trial (trials counted over all lifetimes)."""
 
     trial_returns: jax.Array  # float32 [N, trials]
-    trial_actions: jax.Array  # int32 [N, trials, seq_len]: num_symbols where never reached
+    trial_actions: jax.Array  # int32 [N, trials, demo_length]: demo_spec's "no action" if none
 
 
 def record_play(
@@ -67,26 +68,28 @@ def record_play(
     lifetimes: int = 1,
     deterministic: bool = False,
 ) -> Record:
-    """``num_agents`` copies of one agent each play ``lifetimes`` Memory Sequence episodes in a
-    row with their memory kept across them (a lifetime of ``lifetimes * num_trials`` trials).
+    """``num_agents`` copies of one agent each play ``lifetimes`` episodes of Memory Sequence
+    or Goal Sequence (plain or social) in a row with their memory kept across them (a lifetime
+    of ``lifetimes * num_trials`` trials), recording each trial's actions and return.
     """
-    num_trials, seq_len, none = env_params.num_trials, env_params.seq_len, env_params.num_symbols
+    num_trials = env_params.num_trials
+    length, none = demo_spec(env_params)  # actions per trial at most
     trials = lifetimes * num_trials
     k_reset, k_run = jax.random.split(key)
     obs, state = jax.vmap(env.reset, in_axes=(0, None))(
         jax.random.split(k_reset, num_agents), env_params
     )
-    trial_ids, positions = jnp.arange(trials), jnp.arange(seq_len)
+    trial_ids, positions = jnp.arange(trials), jnp.arange(length)
     vmap_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
     def step(carry, key):
         memory, obs, state, first, episode, returns, actions = carry
         k_act, k_env = jax.random.split(key)
         memory, action = policy.act(agent_params, memory, obs, first, k_act, deterministic)
-        task = getattr(state, "env_state", state)  # the social wrapper's or the plain state
-        trial = episode * num_trials + task.trial  # [N]
+        trial, slot = trial_clock(state)  # [N] each
+        trial = episode * num_trials + trial
         now = (trial_ids == trial[:, None]) & (episode < lifetimes)[:, None]  # [N, trials]
-        here = now[:, :, None] & (positions == task.position[:, None])[:, None, :]
+        here = now[:, :, None] & (positions == slot[:, None])[:, None, :]
         actions = jnp.where(here, action[:, None, None], actions)
         obs, state, reward, term, trunc, _ = vmap_step(
             jax.random.split(k_env, num_agents), state, action, env_params
@@ -102,9 +105,9 @@ def record_play(
         jnp.ones((num_agents,), bool),
         jnp.zeros((num_agents,), jnp.int32),
         jnp.zeros((num_agents, trials), jnp.float32),
-        jnp.full((num_agents, trials, seq_len), none, jnp.int32),
+        jnp.full((num_agents, trials, length), none, jnp.int32),
     )
-    carry, _ = jax.lax.scan(step, init, jax.random.split(k_run, trials * seq_len))
+    carry, _ = jax.lax.scan(step, init, jax.random.split(k_run, trials * length))
     return Record(carry[5], carry[6])
 
 
@@ -113,7 +116,7 @@ def select_demonstrations(
 ) -> tuple[jax.Array, jax.Array]:
     """The ``num_demos`` highest-return plays (later ones win ties).
 
-    actions int32 [M, seq_len], returns float32 [M] -> (demos [num_demos, seq_len], returns).
+    actions int32 [M, L], returns float32 [M] -> (demos [num_demos, L], returns).
     """
     order = returns + 1e-4 * jnp.arange(returns.shape[0]) / returns.shape[0]
     _, index = jax.lax.top_k(order, num_demos)
@@ -142,24 +145,24 @@ class InContextConfig:
 
 
 def make_in_context_generation(
-    config: InContextConfig, policy: Policy, env: SocialMemorySequence, env_params: Any
-) -> Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, Record]]:
-    """``generation(agent_params, sequence, demo, key) -> (next_demo, record)`` on one task.
+    config: InContextConfig, policy: Policy, env: Any, env_params: Any
+) -> Callable[[Any, Any, jax.Array, jax.Array], tuple[jax.Array, Record]]:
+    """``generation(agent_params, task, demo, key) -> (next_demo, record)`` on one task.
 
-    sequence, demo: int32 [seq_len]; record has [population, num_trials] returns. The
-    population sees ``demo`` with visibility decaying over the trials (1 in the first, 0 in
-    the last); the next demonstration is the best member's last (or best) trial.
+    task: from ``env.draw_task``; demo: int32 [demo_length] (``demo_spec``); record has
+    [population, num_trials] returns. The population sees ``demo`` with visibility decaying
+    over the trials (1 in the first, 0 in the last); the next demonstration is the best
+    member's last (or best) trial.
     """
     config.validate()
     require(
-        isinstance(env_params, SocialMemorySequenceParams) and env_params.visibility_decay,
-        "in-context generations need SocialMemorySequence params with visibility_decay=True",
+        isinstance(env_params, SocialParams) and env_params.visibility_decay,
+        "in-context generations need social task params (envs.gridworlds.social) with "
+        "visibility_decay=True",
     )
 
-    def generation(agent_params, sequence, demo, key):
-        params = env_params.replace(
-            fixed_sequence=True, sequence=sequence, demos=demo[None], visibility=1.0
-        )
+    def generation(agent_params, task, demo, key):
+        params = env.with_task(env_params, task).replace(demos=demo[None], visibility=1.0)
         record = record_play(
             policy, agent_params, env, params, key, config.population, 1, config.deterministic
         )
@@ -204,20 +207,20 @@ VISIBILITY = {"anneal": (1.0, 0.0), "one": (1.0, 1.0), "zero": (0.0, 0.0)}
 
 def _check_in_weights_env(env_params: Any) -> None:
     require(
-        isinstance(env_params, SocialMemorySequenceParams)
+        isinstance(env_params, SocialParams)
         and not env_params.visibility_decay
         and env_params.demos is not None,
-        "in-weights generations need SocialMemorySequence.in_weights_params(..., demos=...) "
+        "in-weights generations need a social task's in_weights_params(..., demos=...) "
         "(visibility_decay=False and a demos array to replace)",
     )
 
 
 def make_in_weights_generation(
-    config: InWeightsConfig, env: SocialMemorySequence, env_params: SocialMemorySequenceParams
+    config: InWeightsConfig, env: Any, env_params: Any
 ) -> Callable[..., tuple[jax.Array, dict]]:
     """``generation(key, env_params, demos, visibility) -> (next_demos, metrics)``.
 
-    env_params: one lineage's (its fixed sequence); demos int32 [num_demos, seq_len];
+    env_params: one lineage's (its fixed task); demos int32 [num_demos, demo_length];
     visibility float32 [2]: the demonstrators' visibility at the first and the last PPO update,
     linear between (``VISIBILITY``; (0, 0) for generation 0, which trains alone). Metrics:
     ``return_alone`` / ``return_social`` [population] (mean episode return playing alone /
@@ -257,7 +260,7 @@ def make_in_weights_generation(
 
         both = jax.vmap(play_both)(agents, jax.random.split(k_play, config.population))
         alone, social = jax.tree.map(lambda x: x[:, 0], both), jax.tree.map(lambda x: x[:, 1], both)
-        episodes = alone.trial_actions[:, :, 0].reshape(-1, params.seq_len)  # [P*E, L]
+        episodes = alone.trial_actions[:, :, 0].reshape(-1, demo_spec(params)[0])  # [P*E, L]
         returns = alone.trial_returns[:, :, 0].reshape(-1)
         next_demos, kept = select_demonstrations(episodes, returns, config.num_demos)
         metrics = {
@@ -272,7 +275,7 @@ def make_in_weights_generation(
 
 
 def make_single_lifetime_block(
-    config: InWeightsConfig, env: SocialMemorySequence, env_params: SocialMemorySequenceParams
+    config: InWeightsConfig, env: Any, env_params: Any
 ) -> tuple[Callable, Callable]:
     """The equal-experience baseline: one agent, alone, trained for generations x steps.
 

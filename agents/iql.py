@@ -116,22 +116,13 @@ class IQLState(NamedTuple):
     key: jax.Array
 
 
-class IQL(NamedTuple):
-    data: offline.OfflineData  # the dataset in training units, with the maps back to the env's
-    act: Any  # (actor params, env obs [B, obs_dim]) -> env action [B, act_dim] (greedy)
-    init: Any  # key -> IQLState
-    update: Any  # IQLState -> (IQLState, metrics): eval_every gradient steps + evaluation
-    train: Any  # key -> (IQLState, metrics [num_updates])
-    train_step: Any  # IQLState -> (IQLState, metrics): one gradient step of each network
-
-
 def make_iql(
     config: IQLConfig,
     transitions: Transition,
     env: Any,
     env_params: Any,
     ref_scores: tuple[float, float] | None = None,
-) -> IQL:
+) -> offline.OfflineAgent:
     """Build IQL's pure functions on ``transitions`` [N], evaluating in ``env``.
 
     ``ref_scores`` = (random, expert) returns adds a ``normalized_score`` metric.
@@ -236,7 +227,7 @@ def make_iql(
     def act(params: Any, obs: jax.Array) -> jax.Array:
         return data.env_action(greedy(params, data.normalize_obs(obs)))
 
-    return IQL(data, act, init, update, train, train_step)
+    return offline.OfflineAgent(data, act, init, update, train, train_step)
 
 
 def make_train(

@@ -26,9 +26,39 @@ def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
     return ACTIVATIONS[name]
 
 
+@jax.custom_batching.custom_vmap
+def _qr(a: jax.Array) -> tuple[jax.Array, jax.Array]:  # [m, n] -> Q [m, n], R [n, n]
+    q, r = jnp.linalg.qr(a)
+    return q, r
+
+
+@_qr.def_vmap
+def _qr_one_at_a_time(axis_size, in_batched, a):
+    # A batched QR on CPU splits the batch over XLA's intra-op pool and blocks its thread
+    # until the pieces finish; two of them at once on a 2-thread pool wait on each other
+    # forever (jaxlib's LAPACK ParallelBatchMap). One matrix at a time runs inline.
+    return jax.lax.map(_qr, a), (True, True)
+
+
+def orthogonal(scale: float = 1.0) -> Callable[..., jax.Array]:
+    """``flax.linen.initializers.orthogonal`` for 2-D kernels, bit for bit, safe under vmap."""
+
+    def init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+        if len(shape) != 2:
+            raise ValueError(f"orthogonal init expects a 2-D kernel [in, out], got {shape}")
+        n_rows, n_cols = shape
+        transpose = n_rows < n_cols
+        a = jax.random.normal(key, (n_cols, n_rows) if transpose else (n_rows, n_cols), dtype)
+        q, r = _qr(a)
+        q = q * jnp.sign(jnp.diag(r))[None, :]
+        return scale * (q.T if transpose else q)
+
+    return init
+
+
 def dense(features: int, scale: float = np.sqrt(2.0)) -> nn.Dense:
     """A dense layer with orthogonal init of the given gain and zero bias."""
-    return nn.Dense(features, kernel_init=nn.initializers.orthogonal(scale))
+    return nn.Dense(features, kernel_init=orthogonal(scale))
 
 
 class MLP(nn.Module):

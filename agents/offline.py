@@ -45,6 +45,18 @@ class OfflineData(NamedTuple):
         )
 
 
+class OfflineAgent(NamedTuple):
+    """An offline learner's pure functions (TD3+BC, IQL); ``State`` is the learner's own."""
+
+    data: OfflineData  # the dataset in training units, with the maps back to the env's
+    act: Any  # (actor params, env obs [B, obs_dim]) -> env action [B, act_dim] (greedy)
+    init: Any  # key -> State
+    update: Any  # State -> (State, metrics): eval_every gradient steps + one evaluation
+    train: Any  # key -> (State, metrics [num_updates])
+    train_step: Any  # State -> (State, metrics): one step (TD3+BC: policy_freq critic
+    # steps and one actor step)
+
+
 def locomotion_reward_scale(transitions: Transition, target: float = 1000.0) -> float:
     """IQL's locomotion reward scale, ``target / (max return - min return)`` over the episodes."""
     returns = episode_returns(transitions)

@@ -100,22 +100,13 @@ class TD3BCState(NamedTuple):
     key: jax.Array
 
 
-class TD3BC(NamedTuple):
-    data: offline.OfflineData  # the dataset in training units, with the maps back to the env's
-    act: Any  # (actor params, env obs [B, obs_dim]) -> env action [B, act_dim] (greedy)
-    init: Any  # key -> TD3BCState
-    update: Any  # TD3BCState -> (TD3BCState, metrics): eval_every gradient steps + evaluation
-    train: Any  # key -> (TD3BCState, metrics [num_updates])
-    train_step: Any  # TD3BCState -> (TD3BCState, metrics): policy_freq critic steps + 1 actor
-
-
 def make_td3_bc(
     config: TD3BCConfig,
     transitions: Transition,
     env: Any,
     env_params: Any,
     ref_scores: tuple[float, float] | None = None,
-) -> TD3BC:
+) -> offline.OfflineAgent:
     """Build TD3+BC's pure functions on ``transitions`` [N], evaluating in ``env``.
 
     ``ref_scores`` = (random, expert) returns adds a ``normalized_score`` metric.
@@ -210,7 +201,7 @@ def make_td3_bc(
     def act(params: Any, obs: jax.Array) -> jax.Array:
         return data.env_action(actor.apply(params, data.normalize_obs(obs)))
 
-    return TD3BC(data, act, init, update, train, train_step)
+    return offline.OfflineAgent(data, act, init, update, train, train_step)
 
 
 def make_train(

@@ -2,18 +2,20 @@
 
 In context: one test-time generation (frozen social learner, ``population`` copies on
 ``tasks`` task instances per seed, all seeds vmapped). In weights: one generation (train
-``population`` fresh recurrent PPO agents per seed on Memory Sequence with the social channel,
-then evaluate them alone and with the demonstrators). The peer is the same PPO program on
-plain Memory Sequence (no social channel, no evaluation), measured in the same run: the ratio
-is the cost of the social channel and the generation's bookkeeping.
+``population`` fresh recurrent PPO agents per seed with the social channel, then evaluate them
+alone and with the demonstrators). The peer is the same PPO program on the plain task (no
+social channel, no evaluation), measured in the same run: the ratio is the cost of the social
+channel and the generation's bookkeeping. ``--task goal`` measures Goal Sequence (whose
+demonstrator moves a body in the same room), ``memory`` Memory Sequence.
 
-    python -m benchmarks.cultural
+    python -m benchmarks.cultural --task memory
+    python -m benchmarks.cultural --task goal
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -29,30 +31,44 @@ from agents.cultural import (
 )
 from agents.ppo import make_ppo
 from benchmarks.timing import timed as _time
+from benchmarks.timing import write_json
+from envs.gridworlds.goal_sequence import GoalSequence
 from envs.gridworlds.memory_sequence import MemorySequence
-from envs.gridworlds.social import SocialMemorySequence
+from envs.gridworlds.social import demo_spec
 from experiments import cultural_in_context, cultural_in_weights
+from experiments.cultural_tasks import GoalTask, MemoryTask
 
 
 @dataclasses.dataclass
 class Args:
+    task: Literal["memory", "goal"] = "memory"
     seeds: int = 5
     repeats: int = 3
     # in context (the study's defaults)
     population: int = 3
     tasks: int = 32
-    seq_len: int = 6
     # in weights: one generation = seeds x population agents x steps
     iw_population: int = 2
     iw_steps: int = 16_384
-    iw_seq_len: int = 24
     out: str | None = None  # JSON file for the figures
 
 
+def _tasks(args: Args) -> tuple[MemoryTask | GoalTask, MemoryTask | GoalTask]:
+    """The in-context and in-weights task settings of the two studies' defaults."""
+    if args.task == "memory":
+        return cultural_in_context.MemoryArgs().task, cultural_in_weights.MemoryArgs().task
+    return cultural_in_context.GoalArgs().task, cultural_in_weights.GoalArgs().task
+
+
 def in_context(args: Args) -> dict:
-    env = SocialMemorySequence()
-    params = env.in_context_params(seq_len=args.seq_len)
-    ppo = make_ppo(cultural_in_context.default_ppo(), env, params)
+    task = _tasks(args)[0]
+    study = (
+        cultural_in_context.MemoryArgs()
+        if args.task == "memory"
+        else cultural_in_context.GoalArgs()
+    )
+    env, params = task.social(study.num_trials)
+    ppo = make_ppo(study.ppo, env, params)
     agents = jax.vmap(ppo.init)(jax.random.split(jax.random.key(0), args.seeds))
     agents = agents.train_state.params
     gen = make_in_context_generation(
@@ -60,28 +76,46 @@ def in_context(args: Args) -> dict:
     )
     fn = jax.vmap(jax.vmap(gen, in_axes=(None, 0, 0, 0)))
     shape = (args.seeds, args.tasks)
-    seqs = jax.random.randint(jax.random.key(1), shape + (args.seq_len,), 0, 3)
-    keys = jax.random.split(jax.random.key(2), args.seeds * args.tasks).reshape(shape)
-    compile_s, run_s = _time(fn, agents, seqs, seqs, keys, repeats=args.repeats)
-    steps = args.seeds * args.tasks * args.population * params.num_trials * args.seq_len
+    task_instances = task.draw_tasks(jax.random.key(1), shape, params)
+    demos = task.random_demos(jax.random.key(2), shape, params)
+    keys = jax.random.split(jax.random.key(3), args.seeds * args.tasks).reshape(shape)
+    compile_s, run_s = _time(fn, agents, task_instances, demos, keys, repeats=args.repeats)
+    # steps played (Memory Sequence: an upper bound, trials end at the first mistake)
+    steps = args.seeds * args.tasks * args.population * params.num_trials * demo_spec(params)[0]
     return {"compile_s": compile_s, "generation_s": run_s, "env_steps_per_s": steps / run_s}
 
 
 def in_weights(args: Args) -> dict:
-    ppo_cfg = cultural_in_weights.default_ppo().replace(total_timesteps=args.iw_steps)
+    task = _tasks(args)[1]
+    study = (
+        cultural_in_weights.MemoryArgs()
+        if args.task == "memory"
+        else cultural_in_weights.GoalArgs()
+    )
+    ppo_cfg = study.ppo.replace(total_timesteps=args.iw_steps)
     config = InWeightsConfig(ppo_cfg, population=args.iw_population)
-    env = SocialMemorySequence()
-    demos = jnp.zeros((config.num_demos, args.iw_seq_len), jnp.int32)
-    params = env.in_weights_params(0, 10, args.iw_seq_len, demos=demos)
+    env, params = task.in_weights(None)
+    length, none = demo_spec(params)
+    demos = jnp.full((config.num_demos, length), none, jnp.int32)
+    params = params.replace(demos=demos)
     gen = make_in_weights_generation(config, env, params)
     keys = jax.random.split(jax.random.key(0), args.seeds)
     visibility = jnp.array(VISIBILITY["anneal"])
     fn = jax.vmap(lambda k: gen(k, params, demos, visibility))
     compile_s, run_s = _time(fn, keys, repeats=args.repeats)
     agents = args.seeds * args.iw_population
-    # the peer: the same PPO runs on plain Memory Sequence, nothing else
-    plain = MemorySequence.in_weights_params(0, 10, args.iw_seq_len)
-    train = make_ppo(ppo_cfg, MemorySequence(), plain).train
+    # the peer: the same PPO runs on the plain task, nothing else
+    if args.task == "memory":
+        peer_env, peer_params = (
+            MemorySequence(),
+            MemorySequence.in_weights_params(0, task.num_symbols, task.seq_len),
+        )
+    else:
+        peer_env = GoalSequence()
+        peer_params = peer_env.default_params.replace(
+            size=task.size, num_goals=task.num_goals, trial_length=task.trial_length, num_trials=1
+        )
+    train = make_ppo(ppo_cfg, peer_env, peer_params).train
     peer_keys = jax.random.split(jax.random.key(0), agents)
     peer_compile_s, peer_run_s = _time(jax.vmap(train), peer_keys, repeats=args.repeats)
     steps = agents * ppo_cfg.num_updates * ppo_cfg.batch_size
@@ -98,6 +132,8 @@ def in_weights(args: Args) -> dict:
 
 def main(args: Args) -> dict:
     ic, iw = in_context(args), in_weights(args)
+    name = {"memory": "Memory Sequence", "goal": "Goal Sequence"}[args.task]
+    print(f"{name}")
     print("| setting | what one generation is | compile s | s / generation | env steps/s |")
     print("|---|---|---|---|---|")
     print(
@@ -111,15 +147,13 @@ def main(args: Args) -> dict:
         f"{iw['train_env_steps_per_s']:,.0f} |"
     )
     print(
-        f"| peer: PPO alone, plain Memory Sequence | same agents and steps | "
+        f"| peer: PPO alone, plain {name} | same agents and steps | "
         f"{iw['peer_compile_s']:.1f} | {iw['peer_run_s']:.2f} | "
         f"{iw['peer_env_steps_per_s']:,.0f} (ours/peer {iw['ratio_vs_peer']:.2f}x) |"
     )
-    result = {"in_context": ic, "in_weights": iw, "args": dataclasses.asdict(args)}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+    return write_json(
+        args.out, {"in_context": ic, "in_weights": iw, "args": dataclasses.asdict(args)}
+    )
 
 
 if __name__ == "__main__":

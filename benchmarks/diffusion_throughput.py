@@ -25,7 +25,7 @@ import jax
 import tyro
 
 from agents.diffusion import PRESETS, fit_normalizer, make_diffusion, num_params
-from benchmarks.timing import timed
+from benchmarks.timing import timed, write_json
 
 DATA_DIM = 2 * 17 + 6 + 2
 PEER_TRAIN = {256: 2.53, 1024: 0.79}  # SynthER PyTorch, width 2048, steps/s on this CPU
@@ -93,10 +93,7 @@ def main(args: Args) -> list[dict]:
             f"{r['samples_per_s_128']:,.1f} | {sample_ratio} | "
             f"{r['train_compile_s']:.1f} / {r['sample_compile_s']:.1f} |"
         )
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
-    return rows
+    return write_json(args.out, rows)
 
 
 if __name__ == "__main__":

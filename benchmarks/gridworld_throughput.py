@@ -63,7 +63,7 @@ class Rollout(NamedTuple):
     run: Callable[[Any, jax.Array], Any]
 
 
-def _rollout(
+def scan_rollout(
     init_batch: Callable[[jax.Array], Any],
     step_batch: Callable[[Any, jax.Array], Any],
     scan_length: int,
@@ -110,7 +110,7 @@ def ours(name: str, batch_size: int, scan_length: int) -> Rollout:
         )
         return state, obs
 
-    return _rollout(init_batch, step_batch, scan_length)
+    return scan_rollout(init_batch, step_batch, scan_length)
 
 
 def peer(name: str, batch_size: int, scan_length: int) -> Rollout:
@@ -131,7 +131,7 @@ def peer(name: str, batch_size: int, scan_length: int) -> Rollout:
         actions = jax.random.randint(key, (batch_size,), 0, num_actions)
         return step(params, timestep, actions)  # the timestep holds the observation
 
-    return _rollout(init_batch, step_batch, scan_length)
+    return scan_rollout(init_batch, step_batch, scan_length)
 
 
 def _timed(rollout: Rollout, carry: Any, num_scans: int) -> float:

@@ -23,7 +23,7 @@ import jax
 import tyro
 
 import envs
-from benchmarks.gridworld_throughput import Measurement, Rollout, _rollout, measure
+from benchmarks.gridworld_throughput import Measurement, Rollout, measure, scan_rollout
 from envs.mujoco import BACKENDS
 
 __all__ = ["Config", "gymnasium_rate", "main", "ours"]
@@ -66,7 +66,7 @@ def ours(backend: str):
             )
             return state, obs
 
-        return _rollout(init_batch, step_batch, scan_length)
+        return scan_rollout(init_batch, step_batch, scan_length)
 
     return make
 

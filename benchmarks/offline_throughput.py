@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import os
 import time
 
@@ -36,6 +35,7 @@ from agents.networks import Critic, CriticEnsemble
 from agents.offline import ensemble_member
 from agents.replay import Transition
 from agents.td3_bc import Actor, TD3BCConfig, make_td3_bc
+from benchmarks.timing import write_json
 
 
 @dataclasses.dataclass
@@ -228,17 +228,8 @@ def main(args: Args) -> list[dict]:
             f"{100 * r['fraction_of_peak']:.0f}% | "
             f"{_ratio(r['vs_bare'])} |"
         )
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(
-                {
-                    "matmul_peak_gflops": peak,
-                    "matmul_peak_gflops_per_cpu_s": peak_cpu,
-                    "rows": rows,
-                },
-                f,
-                indent=2,
-            )
+    summary = {"matmul_peak_gflops": peak, "matmul_peak_gflops_per_cpu_s": peak_cpu, "rows": rows}
+    write_json(args.out, summary)
     return rows
 
 

@@ -12,7 +12,6 @@ termination (CartPole truncates at 500).
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 
 import jax
@@ -23,6 +22,7 @@ import tyro
 import envs
 from agents.evaluation import evaluate
 from agents.ppo import PPOConfig, make_ppo
+from benchmarks.timing import write_json
 
 
 @dataclasses.dataclass
@@ -164,10 +164,7 @@ def main(args: Args) -> list[dict]:
             f"{n}: reached {args.target} in {len(v)}/{args.seeds} seeds, median "
             f"{np.median(v) if v else float('nan'):.2f} s"
         )
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
-    return rows
+    return write_json(args.out, rows)
 
 
 if __name__ == "__main__":

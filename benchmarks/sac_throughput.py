@@ -13,7 +13,6 @@ The buffer rows time one add and one 256-sample draw per step (HalfCheetah-sized
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from typing import NamedTuple
 
@@ -26,6 +25,7 @@ import tyro
 import envs
 from agents.replay import Transition
 from agents.sac import SACConfig, make_sac
+from benchmarks.timing import write_json
 
 
 @dataclasses.dataclass
@@ -169,10 +169,7 @@ def main(args: Args) -> dict:
     ratio = buffer_rows[0]["add_sample_per_s"] / buffer_rows[1]["add_sample_per_s"]
     print(f"flashbax / ring buffer: {ratio:.2f}x")
     result = {"sac": sac_rows, "buffers": buffer_rows}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+    return write_json(args.out, result)
 
 
 if __name__ == "__main__":

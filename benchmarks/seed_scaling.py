@@ -8,7 +8,6 @@ Target on a 2-core CPU: 64 seeds cost at most 8x one seed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 
 import jax
@@ -17,6 +16,7 @@ import tyro
 
 import envs
 from agents.ppo import PPOConfig, make_train
+from benchmarks.timing import write_json
 
 
 @dataclasses.dataclass
@@ -59,10 +59,7 @@ def main(args: Args) -> list[dict]:
             f"| {r['seeds']} | {r['compile_s']:.1f} | {r['run_s']:.2f} | "
             f"{r['env_steps_per_s']:,.0f} | {r['cost_ratio']:.2f}x |"
         )
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
-    return rows
+    return write_json(args.out, rows)
 
 
 if __name__ == "__main__":

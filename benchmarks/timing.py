@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,3 +22,11 @@ def timed(fn: Callable[..., Any], *args: Any, repeats: int) -> tuple[float, floa
         jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - t0)
     return compile_s, float(np.median(times))
+
+
+def write_json(out: str | None, result: Any) -> Any:
+    """Write ``result`` to ``out`` as JSON when ``out`` is given; return ``result``."""
+    if out:
+        with open(out, "w") as f:
+            json.dump(result, f, indent=1)
+    return result

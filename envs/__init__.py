@@ -20,6 +20,7 @@ _REGISTRY: dict[str, str] = {
     "GoalSequence": "envs.gridworlds.goal_sequence:GoalSequence",
     "MemorySequence": "envs.gridworlds.memory_sequence:MemorySequence",
     "MultiSkill": "envs.gridworlds.multi_skill:MultiSkill",
+    "SocialGoalSequence": "envs.gridworlds.social:SocialGoalSequence",
     "SocialMemorySequence": "envs.gridworlds.social:SocialMemorySequence",
     "HalfCheetah": "envs.mujoco.env:HalfCheetah",
     "Hopper": "envs.mujoco.env:Hopper",

@@ -1,6 +1,8 @@
-"""In-weights cultural accumulation on Memory Sequence against one agent trained as long.
+"""In-weights cultural accumulation on Memory Sequence or Goal Sequence against one agent
+trained as long.
 
-Every seed is a lineage with its own fixed hidden sequence. Each generation trains
+Every seed is a lineage with its own fixed task (a hidden sequence, or a layout with its
+start and hidden order). Each generation trains
 ``--population`` fresh recurrent PPO agents for ``--ppo.total-timesteps`` steps while the
 previous generation's best recorded episodes are shown (visibility annealed 1 -> 0; generation
 0 trains alone), then evaluates them alone. Ablations run the same loop with visibility fixed
@@ -8,7 +10,8 @@ at 1 and at 0 (all three in one vmapped program); the baseline is one agent trai
 generations x steps, evaluated after every generation's worth of steps. Every loop is
 checkpointed per generation and resumes.
 
-    python -m experiments.cultural_in_weights --seeds 5
+    python -m experiments.cultural_in_weights memory --seeds 5
+    python -m experiments.cultural_in_weights goal --seeds 5
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Annotated
 
 import jax
 import jax.numpy as jnp
@@ -31,10 +35,18 @@ from agents.cultural import (
     make_single_lifetime_block,
     run_generations,
 )
-from agents.hparams import to_dict
 from agents.ppo import PPOConfig
-from envs.gridworlds.social import SocialMemorySequence
-from experiments.cultural_in_context import plot_iqm
+from envs.gridworlds.social import demo_spec
+from experiments.cultural_tasks import (
+    GoalTask,
+    MemoryTask,
+    StudyArgs,
+    fmt,
+    generation_timer,
+    median_s,
+    plot_iqm,
+    write_config,
+)
 from experiments.runner import iqm_ci
 
 CONDITIONS = ("anneal", "one", "zero")
@@ -57,41 +69,44 @@ def default_ppo() -> PPOConfig:
 
 
 @dataclasses.dataclass
-class Args:
-    out: str = "results/cultural_in_weights"  # an existing folder is resumed
-    seeds: int = 5
-    seed: int = 0
-    num_symbols: int = 10  # the reference's sequence: 10 symbols, length 24
-    seq_len: int = 24
+class Args(StudyArgs):
     ppo: PPOConfig = dataclasses.field(default_factory=default_ppo)  # one generation's training
     generations: int = 4
     population: int = 2
     num_demos: int = 8
     eval_episodes: int = 32
-    progress: bool = True
 
 
-def main(args: Args) -> dict:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    config = {"experiment": "cultural_in_weights", **dataclasses.asdict(args)}
-    config["ppo"] = to_dict(args.ppo)
-    for k in ("out", "progress"):
-        config.pop(k)
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+@dataclasses.dataclass
+class MemoryArgs(Args):
+    out: str = "results/cultural_in_weights"
+    # the reference's sequence: 10 symbols, length 24
+    task: MemoryTask = dataclasses.field(default_factory=lambda: MemoryTask(10, 24))
+
+
+@dataclasses.dataclass
+class GoalArgs(Args):
+    out: str = "results/cultural_in_weights_goal"
+    task: GoalTask = dataclasses.field(default_factory=GoalTask)
+
+
+def main(args: MemoryArgs | GoalArgs) -> dict:
+    out, task = Path(args.out), args.task
+    config = write_config(out, "cultural_in_weights", args)
     t0 = time.perf_counter()
-    G, S, C, L = args.generations, args.seeds, len(CONDITIONS), args.seq_len
+    G, S, C = args.generations, args.seeds, len(CONDITIONS)
     cfg = InWeightsConfig(args.ppo, G, args.population, args.num_demos, args.eval_episodes)
     k_seq, k_gen, k_base = jax.random.split(jax.random.key(args.seed), 3)
 
-    env = SocialMemorySequence()
-    placeholder = jnp.full((args.num_demos, L), args.num_symbols, jnp.int32)
-    params = env.in_weights_params(0, args.num_symbols, L, demos=placeholder)
-    sequences = jax.random.randint(k_seq, (S, L), 0, args.num_symbols)  # one per lineage
+    env, params = task.in_weights(None)
+    L, none = demo_spec(params)
+    placeholder = jnp.full((args.num_demos, L), none, jnp.int32)
+    params = params.replace(demos=placeholder)
+    tasks = task.draw_tasks(k_seq, (S,), params)  # one per lineage
 
     # generations: conditions x seeds in one program; carry = demonstrations [C, S, D, L]
     one = make_in_weights_generation(cfg, env, params)
-    lineage = lambda key, seq, demos, vis: one(key, params.replace(sequence=seq), demos, vis)
+    lineage = lambda key, t, demos, vis: one(key, env.with_task(params, t), demos, vis)
     over_seeds = jax.vmap(lineage, in_axes=(0, 0, 0, None))
     step = jax.jit(jax.vmap(over_seeds, in_axes=(0, None, 0, 0)))
     schedules = jnp.array([VISIBILITY[c] for c in CONDITIONS], jnp.float32)  # [C, 2]
@@ -99,12 +114,12 @@ def main(args: Args) -> dict:
     def generation(demos, g):
         keys = jax.random.split(jax.random.fold_in(k_gen, g), C * S).reshape(C, S)
         visibility = schedules if g > 0 else jnp.zeros_like(schedules)  # gen 0 trains alone
-        return step(keys, sequences, demos, visibility)
+        return step(keys, tasks, demos, visibility)
 
-    stamps = [time.perf_counter()]
+    stamps, tick = generation_timer()
 
     def log(g, m):
-        stamps.append(time.perf_counter())
+        tick()
         alone = np.mean(m["return_alone"], axis=(1, 2))
         print(
             f"generation {g}: return alone "
@@ -113,8 +128,7 @@ def main(args: Args) -> dict:
 
     demos0 = jnp.broadcast_to(placeholder, (C, S) + placeholder.shape)
     _, lines = run_generations(generation, demos0, G, out / "generations", config, log)
-    seconds = np.diff(stamps)[1:]  # the first generation (which compiles) left out
-    gen_s = float(np.median(seconds)) if seconds.size else float("nan")  # NaN when resumed
+    gen_s = median_s(stamps)
     alone = np.stack([np.array(m["return_alone"]) for m in lines], axis=-1)  # [C, S, P, G]
     social = np.stack([np.array(m["return_social"]) for m in lines], axis=-1)
     best_member = alone.max(axis=2)  # [C, S, G]
@@ -122,10 +136,10 @@ def main(args: Args) -> dict:
 
     # the baseline: one agent alone for generations x steps, evaluated every generation's steps
     init, block = make_single_lifetime_block(cfg, env, params)
-    run_block = jax.jit(jax.vmap(lambda rs, seq: block(rs, params.replace(sequence=seq))))
+    run_block = jax.jit(jax.vmap(lambda rs, t: block(rs, env.with_task(params, t))))
     t_base = time.perf_counter()
     _, base_lines = run_generations(
-        lambda rs, g: run_block(rs, sequences),
+        lambda rs, g: run_block(rs, tasks),
         jax.jit(jax.vmap(init))(jax.random.split(k_base, S)),
         G,
         out / "single_lifetime",
@@ -175,7 +189,7 @@ def main(args: Args) -> dict:
         },
         "generation (single agent: (g + 1) x steps)",
         "return alone (mean of population)",
-        "In-weights accumulation, Memory Sequence",
+        f"In-weights accumulation, {task.name}",
     )
     curves = {
         f"generation {g}": np.array(lines[g]["train_return"])[0].mean(axis=1) for g in range(G)
@@ -195,33 +209,29 @@ def main(args: Args) -> dict:
     return results
 
 
-def _fmt(x) -> str:
-    return f"{x[0]:.2f} [{x[1]:.2f}, {x[2]:.2f}]"
-
-
-def _summary(args: Args, r: dict) -> str:
+def _summary(args: MemoryArgs | GoalArgs, r: dict) -> str:
     G = args.generations
     per_gen = r["return_alone_per_generation"]
     rows = "\n".join(
-        f"| {g} | {_fmt(per_gen['anneal'][g])} | {_fmt(per_gen['one'][g])} | "
-        f"{_fmt(per_gen['zero'][g])} | {_fmt(r['single_agent_per_block'][g])} |"
+        f"| {g} | {fmt(per_gen['anneal'][g])} | {fmt(per_gen['one'][g])} | "
+        f"{fmt(per_gen['zero'][g])} | {fmt(r['single_agent_per_block'][g])} |"
         for g in range(G)
     )
     t = r["timing"]
     return (
-        f"# In-weights cultural accumulation, Memory Sequence ({args.num_symbols} symbols, "
-        f"length {args.seq_len}), {args.seeds} seeds, population {args.population}\n\n"
-        f"Return playing alone (max {args.seq_len}); IQM [95% CI] over seeds of the population "
+        f"# In-weights cultural accumulation, {args.task.name} ({args.task.describe()}), "
+        f"{args.seeds} seeds, population {args.population}\n\n"
+        "Return playing alone; IQM [95% CI] over seeds of the population "
         f"mean; the single agent is evaluated after (g + 1) x {args.ppo.total_timesteps:,} "
         "steps.\n\n"
         f"| generation | visibility 1 -> 0 | fixed 1 | fixed 0 | single agent |\n"
         f"|---|---|---|---|---|\n{rows}\n\n"
         f"| difference (per seed) | IQM [95% CI] |\n|---|---|\n"
-        f"| last generation - generation 0 | {_fmt(r['last_generation_minus_generation_0'])} |\n"
+        f"| last generation - generation 0 | {fmt(r['last_generation_minus_generation_0'])} |\n"
         f"| last generation - single agent ({G} x steps) | "
-        f"{_fmt(r['last_generation_minus_single_agent'])} |\n"
+        f"{fmt(r['last_generation_minus_single_agent'])} |\n"
         f"| visibility 1 -> 0 - fixed 0, last generation | "
-        f"{_fmt(r['anneal_minus_zero_last_generation'])} |\n\n"
+        f"{fmt(r['anneal_minus_zero_last_generation'])} |\n\n"
         f"{t['generation_wall_s']:.1f} s per generation after the first "
         f"(3 conditions x {args.seeds} seeds x "
         f"{args.population} agents, {t['generation_env_steps_per_s']:,.0f} env steps/s); "
@@ -229,5 +239,10 @@ def _summary(args: Args, r: dict) -> str:
     )
 
 
+Cli = (
+    Annotated[MemoryArgs, tyro.conf.subcommand("memory")]
+    | Annotated[GoalArgs, tyro.conf.subcommand("goal")]
+)
+
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(tyro.cli(Cli, default=MemoryArgs()))

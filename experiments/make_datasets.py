@@ -9,9 +9,10 @@ episodes and its parameters kept (in the checkpointed run state, so a stopped ru
 Then, as in D4RL:
 
 - ``random``: uniformly random actions;
-- ``expert``: the final policy; ``medium``: the snapshot whose evaluation return is closest to
-  a third of the expert's, among those up to the first that reaches it (a dip of a noisy
-  learning curve late in training is not a medium policy); both sample actions from the
+- ``expert``: the best snapshot by evaluation return (SAC's curve on Hopper and Walker2d is
+  noisy, so the final policy can sit in a dip); ``medium``: the snapshot whose evaluation
+  return is closest to a third of the expert's, among those up to the first that reaches it
+  (a dip of a noisy learning curve late in training is not a medium policy); both sample actions from the
   stochastic policy, as D4RL did;
 - ``medium-replay``: SAC's replay buffer up to the medium snapshot, random warm-up included;
 - ``medium-expert``: the medium and expert data together.
@@ -171,7 +172,14 @@ def uniform_actions(sac: Any):
 
 
 def make_levels(
-    args: Args, env: Any, env_params: Any, sac: Any, run: Run, medium: int, medium_steps: int
+    args: Args,
+    env: Any,
+    env_params: Any,
+    sac: Any,
+    run: Run,
+    medium: int,
+    expert: int,
+    medium_steps: int,
 ) -> dict[str, Transition]:
     """Time-major ``[T, E]`` transitions of every level (deterministic given the seed)."""
     uniform = uniform_actions(sac)
@@ -183,7 +191,7 @@ def make_levels(
     data = {
         "random": jax.jit(lambda key: rollout(uniform, key))(k_random),
         "medium": sampled(snapshot(medium), k_medium),
-        "expert": sampled(snapshot(-1), k_expert),
+        "expert": sampled(snapshot(expert), k_expert),
     }
     # [T, E] + [T, E] -> [T, 2E], so no episode is cut at the seam
     join = lambda m, e: jnp.concatenate([m, e], axis=1)
@@ -235,7 +243,8 @@ def make_task_datasets(args: Args, task: str) -> dict:
     # Stage k ends after learning_starts + (k + 1) * snapshot_every env steps.
     evals = metrics["eval_return"][0]
     stage_steps = args.sac.learning_starts + args.snapshot_every * (np.arange(evals.size) + 1)
-    expert_return = float(evals[-1])
+    expert = int(np.argmax(evals))
+    expert_return = float(evals[expert])
     medium = medium_snapshot(evals, expert_return)
     medium_steps = int(stage_steps[medium])
     uniform = uniform_actions(sac)
@@ -245,7 +254,7 @@ def make_task_datasets(args: Args, task: str) -> dict:
         jax.random.key(args.seed + 2)
     )["return"]
     random_return = float(random_returns.mean())
-    data = make_levels(args, env, env_params, sac, run, medium, medium_steps)
+    data = make_levels(args, env, env_params, sac, run, medium, expert, medium_steps)
 
     common = {
         "task": task,
@@ -259,12 +268,13 @@ def make_task_datasets(args: Args, task: str) -> dict:
         "expert_return": expert_return,
         "medium_env_steps": medium_steps,
         "medium_return": float(evals[medium]),
+        "expert_env_steps": int(stage_steps[expert]),
         "d4rl_ref_scores": list(D4RL_REF_SCORES[task]),
     }
     policies = {
         "random": "uniformly random actions",
         "medium": f"SAC actor after {medium_steps} env steps, sampled",
-        "expert": f"SAC actor after {args.sac.total_timesteps} env steps, sampled",
+        "expert": f"SAC actor after {int(stage_steps[expert])} env steps (best), sampled",
         "medium-replay": f"SAC replay buffer, first {medium_steps} transitions",
         "medium-expert": "medium and expert data together",
     }
@@ -280,7 +290,7 @@ def make_task_datasets(args: Args, task: str) -> dict:
             metadata={**common, "level": level, "policy": policies[level]},
         )
         print(f"saved {dataset_path(ids[level], args.root)}")
-    for name, k in (("medium", medium), ("expert", evals.size - 1)):
+    for name, k in (("medium", medium), ("expert", expert)):
         if not (folder.path / "policies" / name).exists():
             export_policy(
                 folder.path / "policies" / name,

@@ -92,6 +92,46 @@ def _counts(predicted, true, start, tolerance):
     return jax.tree.map(jnp.sum, counts)
 
 
+def baseline_scores(
+    true: jax.Array,
+    start: jax.Array,
+    keys: jax.Array,
+    tolerance: int,
+    fixed_lengths: tuple[int, ...],
+    random_rates: tuple[float, ...],
+) -> tuple[dict, dict, dict]:
+    """Fixed-length and random segmentations of [S, N, T] trajectories, scored like SBD.
+
+    Returns ``({metric: [S, L]}`` per fixed length, ``{metric: [S, R]}`` per random rate,
+    ``{metric: [S]}`` random at the true boundary rate) with ``keys`` [S] drawing the random ones.
+    """
+    fixed = jax.vmap(
+        lambda length: boundary_scores(
+            jax.vmap(lambda t, s: _counts(fixed_length_boundaries(length, s), t, s, tolerance))(
+                true, start
+            )
+        )
+    )(jnp.asarray(fixed_lengths))
+    fixed = jax.tree.map(lambda x: np.asarray(x).T, fixed)  # [S, L]
+    rand = jax.vmap(
+        lambda rate: boundary_scores(
+            jax.vmap(lambda k, t, s: _counts(random_boundaries(k, rate, s), t, s, tolerance))(
+                keys, true, start
+            )
+        )
+    )(jnp.asarray(random_rates))
+    rand = jax.tree.map(lambda x: np.asarray(x).T, rand)
+    true_rate = float(np.asarray(true & ~start).mean())
+    rand_at_rate = jax.device_get(
+        boundary_scores(
+            jax.vmap(lambda k, t, s: _counts(random_boundaries(k, true_rate, s), t, s, tolerance))(
+                keys, true, start
+            )
+        )
+    )
+    return fixed, rand, rand_at_rate
+
+
 def _reach_events(reward: jax.Array, start: jax.Array) -> jax.Array:
     """bool [..., T]: the step after the agent reached an object (an environment event)."""
     reached = jnp.concatenate([jnp.zeros_like(reward[..., :1]), reward[..., :-1]], axis=-1) > 0
@@ -205,30 +245,10 @@ def main(args: Args) -> dict:
     timing["segment_sweep_s"] = time.perf_counter() - tic
 
     # baselines: fixed length (every L) and random (every rate), same scoring
-    fixed = jax.vmap(
-        lambda length: boundary_scores(
-            jax.vmap(
-                lambda t, s: _counts(fixed_length_boundaries(length, s), t, s, args.tolerance)
-            )(ev(true), ev(start))
-        )
-    )(jnp.asarray(args.fixed_lengths))
-    fixed = jax.tree.map(lambda x: np.asarray(x).T, fixed)  # [S, L]
-    rand = jax.vmap(
-        lambda rate: boundary_scores(
-            jax.vmap(lambda k, t, s: _counts(random_boundaries(k, rate, s), t, s, args.tolerance))(
-                k_seg, ev(true), ev(start)
-            )
-        )
-    )(jnp.asarray(args.random_rates))
-    rand = jax.tree.map(lambda x: np.asarray(x).T, rand)
-    true_rate = float(np.asarray(ev(true) & ~ev(start)).mean())
-    rand_at_rate = jax.device_get(
-        boundary_scores(
-            jax.vmap(
-                lambda k, t, s: _counts(random_boundaries(k, true_rate, s), t, s, args.tolerance)
-            )(k_seg, ev(true), ev(start))
-        )
+    fixed, rand, rand_at_rate = baseline_scores(
+        ev(true), ev(start), k_seg, args.tolerance, args.fixed_lengths, args.random_rates
     )
+    true_rate = float(np.asarray(ev(true) & ~ev(start)).mean())
 
     # spikes: per-step NLL of the plain (never reset) model at true switches vs elsewhere
     @jax.jit

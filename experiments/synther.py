@@ -26,7 +26,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import numpy as np
@@ -200,19 +200,31 @@ def run_offline(args: Args, name: str, data: Transition, env, params, refs, rewa
         )
         agent = td3_bc.make_td3_bc(config, data, env, params, refs)
     folder = RunFolder(Path(args.out) / "offline" / name, {"arm": name, **to_dict(config)})
+    metrics, timing = run_arm(args, agent, folder, config.num_updates, config.eval_every)
+    scores = final_score(metrics["normalized_score"], fraction=0.2)
+    return scores, metrics["normalized_score"], timing
+
+
+def run_arm(args: Args, agent: Any, folder: RunFolder, num_updates: int, steps: int):
+    """``args.seeds`` vmapped runs of ``agent`` (init/update) -> (metrics [S, U], timing)."""
     _, metrics, timing = run_chunked(
         agent.init,
         agent.update,
-        config.num_updates,
-        config.eval_every,
+        num_updates,
+        steps,
         jax.random.key(args.seed),
         args.seeds,
         folder,
         updates_per_chunk=1,
         progress=args.progress,
     )
-    scores = final_score(metrics["normalized_score"], fraction=0.2)
-    return scores, metrics["normalized_score"], timing
+    return metrics, timing
+
+
+def score_row(scores: np.ndarray, timing: dict) -> dict:
+    """IQM, 95% CI and per-seed values of final ``scores`` [S], with the run's timing."""
+    point, lo, hi = iqm_ci(scores)
+    return {"iqm": point, "ci": [lo, hi], "per_seed": scores.tolist(), **timing}
 
 
 def offline_and_quality(args: Args, studies: set[str], out: Path) -> dict:
@@ -258,10 +270,9 @@ def offline_and_quality(args: Args, studies: set[str], out: Path) -> dict:
             scores, curve, timing = run_offline(
                 args, name.replace(" ", "_"), arm_data, env, params, refs, arm_scale
             )
-            point, lo, hi = iqm_ci(scores)
-            rows[name] = {"iqm": point, "ci": [lo, hi], "per_seed": scores.tolist(), **timing}
+            rows[name] = score_row(scores, timing)
             curves[name] = curve
-            print(f"offline {name}: IQM {point:.1f} [{lo:.1f}, {hi:.1f}]")
+            print(f"offline {name}: IQM {rows[name]['iqm']:.1f} {rows[name]['ci']}")
         plot_bars(
             out / "offline_scores.png",
             rows,
@@ -284,22 +295,10 @@ def online(args: Args, out: Path) -> dict:
     rows, curves = {}, {}
     for name, agent in arms.items():
         folder = RunFolder(out / "online" / name.replace(" ", "_"), {"arm": name})
-        _, metrics, timing = run_chunked(
-            agent.init,
-            agent.update,
-            cfg.num_updates,
-            cfg.retrain_every,
-            jax.random.key(args.seed),
-            args.seeds,
-            folder,
-            updates_per_chunk=1,
-            progress=args.progress,
-        )
-        scores = final_score(metrics["return"], fraction=0.34)
-        point, lo, hi = iqm_ci(scores)
-        rows[name] = {"iqm": point, "ci": [lo, hi], "per_seed": scores.tolist(), **timing}
+        metrics, timing = run_arm(args, agent, folder, cfg.num_updates, cfg.retrain_every)
+        rows[name] = score_row(final_score(metrics["return"], fraction=0.34), timing)
         curves[name] = metrics["return"]
-        print(f"online {name}: IQM {point:.1f} [{lo:.1f}, {hi:.1f}]")
+        print(f"online {name}: IQM {rows[name]['iqm']:.1f} {rows[name]['ci']}")
     steps = cfg.sac.learning_starts + cfg.retrain_every * (1 + np.arange(cfg.num_updates))
     plot_curves(
         out / "online_curves.png",

@@ -20,7 +20,13 @@ from agents.cultural import (
     select_demonstrations,
 )
 from agents.ppo import PPOConfig
-from envs.gridworlds.social import SocialMemorySequence, visibility_probability
+from envs.gridworlds.goal_sequence import NUM_ACTIONS, GoalSequence
+from envs.gridworlds.social import (
+    SocialGoalSequence,
+    SocialMemorySequence,
+    demo_spec,
+    visibility_probability,
+)
 
 ENV = SocialMemorySequence()
 IN_CONTEXT = SocialMemorySequence.in_context_params(num_symbols=3, seq_len=6, num_trials=4)
@@ -110,7 +116,7 @@ def test_observation_contents() -> None:
         IN_CONTEXT.replace(demos=jnp.zeros((1, 5), jnp.int32))
     with pytest.raises(ValueError, match="visibility must be in"):
         IN_CONTEXT.replace(visibility=1.5)
-    with pytest.raises(ValueError, match="demo symbols"):
+    with pytest.raises(ValueError, match="demo actions must be in"):
         IN_CONTEXT.replace(demos=jnp.full((1, 6), 7, jnp.int32))
 
 
@@ -210,3 +216,131 @@ def test_in_weights_learner_copies_a_visible_demonstrator() -> None:
     assert social.min() >= 5.0, social  # max 8; a blind guesser expects about -0.8
     assert social.mean() - alone.mean() >= 2.0, alone  # the channel carries the answer
     assert demos.shape == (2, 8) and float(m["best_return"]) >= alone.max()
+
+
+# --------------------------------------------------------------------------- Goal Sequence
+
+GOAL = SocialGoalSequence()
+GOAL_PARAMS = SocialGoalSequence.in_context_params(size=4, trial_length=6, view_size=5)
+
+
+def _goal_rollout(params, key, steps, num_envs):
+    """Random learner moves; (state before each step, obs before each step), [steps, envs]."""
+
+    def body(carry, key):
+        obs, state = carry
+        k_act, k_step = jax.random.split(key)
+        action = jax.random.randint(k_act, (num_envs,), 0, NUM_ACTIONS)
+        keys = jax.random.split(k_step, num_envs)
+        obs2, state2, *_ = jax.vmap(GOAL.step, in_axes=(0, 0, 0, None))(keys, state, action, params)
+        return (obs2, state2), (state, obs)
+
+    k0, k1 = jax.random.split(key)
+    reset = jax.vmap(GOAL.reset, in_axes=(0, None))(jax.random.split(k0, num_envs), params)
+    return jax.lax.scan(body, reset, jax.random.split(k1, steps))[1]
+
+
+def test_goal_sequence_social_observation_and_visibility() -> None:
+    """The demonstrator channel marks its cell in the learner's egocentric view (checked
+    against the task's own view of a goal put there), only while visible; visibility is
+    drawn per trial, 1 in the first and 0 in the last."""
+    T, L = GOAL_PARAMS.num_trials, 6
+    states, obs = jax.jit(lambda k: _goal_rollout(GOAL_PARAMS, k, T * L, 256))(jax.random.key(0))
+    flat = lambda x: x.reshape((-1,) + x.shape[2:])
+    states, obs = jax.tree.map(flat, states), flat(obs)
+    me, partner = states.env_state, states.partner
+    base = jax.vmap(GOAL.task.get_obs, in_axes=(0, None))(me, GOAL_PARAMS)
+    V2, C = 25, GOAL_PARAMS.view_shape[-1]
+    np.testing.assert_array_equal(obs[:, : base.shape[1]], base)
+    one_goal = GOAL_PARAMS.replace(num_goals=1)
+    marker = jax.vmap(GOAL.task.get_obs, in_axes=(0, None))(
+        me.replace(goal_pos=partner.pos[:, None]), one_goal
+    )[:, : V2 * 3].reshape(-1, V2, 3)[..., 2]  # the goal channel: the partner's cell
+    visible = np.asarray(states.visible)
+    expected = np.asarray(marker) * visible[:, None]
+    channel = np.asarray(obs[:, base.shape[1] : -1])
+    assert (
+        channel.shape[1] == V2
+        and GOAL_PARAMS.obs_dim == GOAL_PARAMS.view_size**2 * C + 4 + T + 3 + V2 + 1
+    )
+    np.testing.assert_array_equal(channel, expected)
+    assert 0.2 < channel.sum(axis=1)[visible].mean() < 1.0  # in view some of the time
+    np.testing.assert_array_equal(obs[:, -1], visible)
+    # visibility: per trial, all in trial 0, none in the last, 2/3 and 1/3 between
+    trial = np.asarray(me.trial).reshape(T * L, 256)
+    vis = visible.reshape(T * L, 256)
+    assert vis[trial == 0].all() and not vis[trial == T - 1].any()
+    for t, p in ((1, 2 / 3), (2, 1 / 3)):
+        block = vis[t * L : (t + 1) * L]
+        assert (block == block[:1]).all() and abs(block[0].mean() - p) < 0.1
+    with pytest.raises(ValueError, match="demos must have shape"):
+        GOAL_PARAMS.replace(demos=jnp.zeros((1, 5), jnp.int32))
+    with pytest.raises(ValueError, match="demo actions must be in"):
+        GOAL_PARAMS.replace(demos=jnp.full((1, 6), 4, jnp.int32))
+
+
+def test_goal_sequence_oracle_scramble_rate() -> None:
+    """The oracle plays the shortest-path expert's move except a fraction 1 - accuracy of its
+    moves, which are uniformly random (so they still match the expert a third of the time)."""
+    params = GOAL_PARAMS.replace(oracle_accuracy=0.8)
+    states, _ = jax.jit(lambda k: _goal_rollout(params, k, 24, 64))(jax.random.key(1))
+    states = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), states)
+    np.testing.assert_allclose(states.accuracy, 0.8)  # the episode's accuracy, from params
+    keys = jax.random.split(jax.random.key(2), states.time.shape[0])
+    accuracies = jnp.array([0.0, 0.8, 1.0])
+
+    @jax.jit
+    def agreement(accuracy):  # fraction of oracle moves equal to the expert's
+        s = states.replace(accuracy=jnp.full_like(states.accuracy, accuracy))
+        moves = jax.vmap(GOAL.partner_action, in_axes=(0, 0, None))(keys, s, params)
+        expert = jax.vmap(GOAL.task.expert_action, in_axes=(0, None))(s.partner, params)
+        return (moves == expert).mean(), moves.min(), moves.max()
+
+    agree, low, high = jax.lax.map(agreement, accuracies)
+    expected = accuracies + (1 - accuracies) / NUM_ACTIONS
+    np.testing.assert_allclose(agree, expected, atol=0.03)
+    assert low.min() >= 0 and high.max() <= NUM_ACTIONS - 1
+    # accuracy None: drawn per episode, uniform on [0, 1]
+    drawn = jax.vmap(GOAL.reset, in_axes=(0, None))(
+        jax.random.split(jax.random.key(3), 2048), params.replace(oracle_accuracy=None)
+    )[1].accuracy
+    assert abs(float(drawn.mean()) - 0.5) < 0.03 and float(drawn.std()) > 0.25
+
+
+def test_goal_sequence_generation_replays_the_best_trial() -> None:
+    """Generation wiring on Goal Sequence: a recorded trial replayed as the demonstrator moves
+    its body exactly as the recorded agent moved, and the next demonstration is the best
+    member's last trial, whose replay earns the recorded return."""
+
+    class Random(NamedTuple):
+        memory_size: int = 1
+
+        def initial_carry(self, batch_size):
+            return jnp.zeros((batch_size, 1))
+
+        def act(self, params, carry, obs, resets, key, deterministic=False):
+            return carry, jax.random.randint(key, obs.shape[:1], 0, NUM_ACTIONS)
+
+    config = InContextConfig(generations=1, population=8)
+    generation = jax.jit(make_in_context_generation(config, Random(), GOAL, GOAL_PARAMS))
+    task = GOAL.draw_task(jax.random.key(3), GOAL_PARAMS)
+    length, none = demo_spec(GOAL_PARAMS)
+    demo = jnp.full((length,), none, jnp.int32)  # a demonstrator standing still
+    next_demo, record = generation(None, task, demo, jax.random.key(4))
+    returns = np.asarray(record.trial_returns)
+    assert returns.shape == (8, GOAL_PARAMS.num_trials) and record.trial_actions.shape[-1] == 6
+    best = int(np.argmax(returns[:, -1]))
+    np.testing.assert_array_equal(next_demo, record.trial_actions[best, -1])
+
+    # replay next_demo as the learner's moves while the demonstrator replays it too
+    params = GOAL.with_task(GOAL_PARAMS, task).replace(demos=next_demo[None])
+    _, state = GOAL.reset(jax.random.key(5), params)
+    total = 0.0
+    for t in range(length):
+        assert (state.partner.pos == state.env_state.pos).all()
+        assert state.partner.direction == state.env_state.direction
+        _, state, reward, *_ = GOAL.step(jax.random.key(t), state, next_demo[t], params)
+        total += float(reward)
+    assert total == pytest.approx(returns[best, -1])
+    rand = GoalSequence().reset(jax.random.key(3), GOAL_PARAMS)[1]  # draw_task is the reset's
+    np.testing.assert_array_equal(rand.goal_pos, task.goal_pos)

@@ -113,6 +113,13 @@ def test_one_dimensional_time_major_and_overwrite(tmp_path, rollouts):
     )
 
 
+def test_relative_root_is_resolved_once(tmp_path, rollouts, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = save(jax.tree.map(lambda x: x[:, 0], rollouts), "rel")
+    assert path == tmp_path / "rel" / ID
+    assert load_dataset(ID, "rel")[0].reward.shape == (450,)
+
+
 def test_loads_dataset_recorded_by_minari_data_collector(tmp_path, monkeypatch, pendulum):
     """Outside reference: Gymnasium's Pendulum-v1 recorded by Minari's own DataCollector."""
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))

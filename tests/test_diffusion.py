@@ -1,8 +1,6 @@
 """EDM diffusion: preconditioning identities, the sampler on a known distribution, learning a
 mixture, EMA, normalisation, conditioning, and bad input rejected before anything compiles."""
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,19 +17,6 @@ from agents.diffusion import (
 )
 
 TINY = DiffusionConfig(width=16, num_blocks=1, embed_dim=16, num_train_steps=10, batch_size=32)
-
-
-@contextlib.contextmanager
-def no_compiles():
-    """Fail if XLA compiles anything inside the block."""
-    compiles = []
-    listener = lambda name, *_, **__: compiles.append(name) if "backend_compile" in name else None
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-    assert not compiles, f"{len(compiles)} compilation(s) before the error"
 
 
 @pytest.mark.parametrize("sigma_data", [0.5, 1.0])
@@ -188,14 +173,14 @@ def test_conditional_model_uses_its_condition():
         (np.zeros(8), r"\[num_examples, dim\]"),
     ],
 )
-def test_bad_training_data_is_rejected_before_compiling(data, match):
+def test_bad_training_data_is_rejected_before_compiling(data, match, no_compiles):
     model = make_diffusion(TINY, data_dim=3)
     key = jax.random.key(0)
     with no_compiles(), pytest.raises(ValueError, match=match):
         fit(model, data, key)
 
 
-def test_bad_sample_requests_are_rejected_before_compiling():
+def test_bad_sample_requests_are_rejected_before_compiling(no_compiles):
     model = make_diffusion(TINY, data_dim=3)
     state = model.init(jax.random.key(0), fit_normalizer(np.eye(3)))
     key = jax.random.key(1)

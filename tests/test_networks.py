@@ -35,3 +35,21 @@ def test_actor_critic_shapes(discrete):
 def test_unknown_activation_is_named():
     with pytest.raises(ValueError, match="unknown activation 'sigmoidish'"):
         activation_fn("sigmoidish")
+
+
+@pytest.mark.parametrize("shape", [(17, 256), (256, 256), (256, 6), (1, 1)])
+def test_orthogonal_init_matches_flax_and_never_batches_qr(shape):
+    import flax.linen as nn
+
+    from agents.networks import orthogonal
+
+    keys = jax.random.split(jax.random.key(3), 4)
+    ours = jax.jit(jax.vmap(lambda k: orthogonal(1.7)(k, shape)))(keys)
+    flax = jax.vmap(lambda k: nn.initializers.orthogonal(1.7)(k, shape))(keys)
+    np.testing.assert_allclose(ours, flax, rtol=1e-5, atol=1e-6)
+    # vmapped (twice), the QR stays one matrix at a time: a batched LAPACK QR on CPU splits over
+    # XLA's intra-op pool and can deadlock it
+    nested = jax.vmap(jax.vmap(lambda k: orthogonal()(k, shape)))
+    text = jax.jit(nested).lower(keys.reshape(2, 2)).as_text()
+    lapack = [line for line in text.splitlines() if "custom_call @lapack" in line]
+    assert lapack and all('num_batch_dims = "0"' in line for line in lapack)

@@ -1,7 +1,6 @@
 """Synthetic replay: transition vectors and terminal flags, chunked upsampling, quality metrics
 against the simulator, online SynthER's buffers, and bad requests rejected before compiling."""
 
-import contextlib
 import functools
 
 import jax
@@ -26,19 +25,6 @@ from agents.replay.synthetic import (
 from agents.sac import SACConfig
 
 TINY = DiffusionConfig(width=16, num_blocks=1, embed_dim=16, num_train_steps=10, batch_size=32)
-
-
-@contextlib.contextmanager
-def no_compiles():
-    """Fail if XLA compiles anything inside the block."""
-    compiles = []
-    listener = lambda name, *_, **__: compiles.append(name) if "backend_compile" in name else None
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-    assert not compiles, f"{len(compiles)} compilation(s) before the error"
 
 
 def random_transitions(n: int, obs_dim: int = 3, act_dim: int = 2, seed: int = 0) -> Transition:
@@ -125,7 +111,7 @@ def test_dynamics_consistency_separates_real_noisy_and_shuffled_data():
         dynamics_consistency(*envs.make("gymnax:Pendulum-v1"), data, jax.random.key(1))
 
 
-def test_bad_datasets_and_requests_are_rejected_before_compiling():
+def test_bad_datasets_and_requests_are_rejected_before_compiling(no_compiles):
     good = random_transitions(20)
     synth = untrained_synthesizer(good)
     key = jax.random.key(0)

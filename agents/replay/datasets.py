@@ -67,7 +67,7 @@ def dataset_root(root: str | Path | None = None) -> Path:
     """``root``, else ``$MINARI_DATASETS_PATH``, else Minari's default ``~/.minari/datasets``."""
     if root is None:
         root = os.environ.get("MINARI_DATASETS_PATH") or Path.home() / ".minari" / "datasets"
-    return Path(root)
+    return Path(root).expanduser().absolute()  # Minari resolves relative roots its own way
 
 
 def dataset_path(dataset_id: str, root: str | Path | None = None) -> Path:
