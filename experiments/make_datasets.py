@@ -12,8 +12,8 @@ Then, as in D4RL:
 - ``expert``: the best snapshot by evaluation return (SAC's curve on Hopper and Walker2d is
   noisy, so the final policy can sit in a dip); ``medium``: the snapshot whose evaluation
   return is closest to a third of the expert's, among those up to the first that reaches it
-  (a dip of a noisy learning curve late in training is not a medium policy); both sample actions from the
-  stochastic policy, as D4RL did;
+  (a dip of a noisy learning curve late in training is not a medium policy); both sample
+  actions from the stochastic policy, as D4RL did;
 - ``medium-replay``: SAC's replay buffer up to the medium snapshot, random warm-up included;
 - ``medium-expert``: the medium and expert data together.
 

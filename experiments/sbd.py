@@ -86,7 +86,7 @@ def _demos(key: jax.Array, env: MultiSkill, params: MultiSkillParams, num: int) 
     return jax.vmap(lambda k: rollout_expert(k, env, params, steps))(jax.random.split(key, num))
 
 
-def _counts(predicted, true, start, tolerance):
+def counts(predicted, true, start, tolerance):
     """Pooled BoundaryCounts over trajectories [N, T]."""
     counts = jax.vmap(lambda p, t, s: match_boundaries(p, t, tolerance, s))(predicted, true, start)
     return jax.tree.map(jnp.sum, counts)
@@ -107,7 +107,7 @@ def baseline_scores(
     """
     fixed = jax.vmap(
         lambda length: boundary_scores(
-            jax.vmap(lambda t, s: _counts(fixed_length_boundaries(length, s), t, s, tolerance))(
+            jax.vmap(lambda t, s: counts(fixed_length_boundaries(length, s), t, s, tolerance))(
                 true, start
             )
         )
@@ -115,7 +115,7 @@ def baseline_scores(
     fixed = jax.tree.map(lambda x: np.asarray(x).T, fixed)  # [S, L]
     rand = jax.vmap(
         lambda rate: boundary_scores(
-            jax.vmap(lambda k, t, s: _counts(random_boundaries(k, rate, s), t, s, tolerance))(
+            jax.vmap(lambda k, t, s: counts(random_boundaries(k, rate, s), t, s, tolerance))(
                 keys, true, start
             )
         )
@@ -124,7 +124,7 @@ def baseline_scores(
     true_rate = float(np.asarray(true & ~start).mean())
     rand_at_rate = jax.device_get(
         boundary_scores(
-            jax.vmap(lambda k, t, s: _counts(random_boundaries(k, true_rate, s), t, s, tolerance))(
+            jax.vmap(lambda k, t, s: counts(random_boundaries(k, true_rate, s), t, s, tolerance))(
                 keys, true, start
             )
         )
@@ -217,7 +217,7 @@ def main(args: Args) -> dict:
     def pr_sweep(params, obs, action, starts, events, true):
         def one_gap(config):
             seg = segment(params, obs, action, starts, events, config)
-            return _counts(seg.boundary, true, starts, args.tolerance), seg.boundary.mean()
+            return counts(seg.boundary, true, starts, args.tolerance), seg.boundary.mean()
 
         return jax.vmap(one_gap)(sweep)
 
@@ -237,7 +237,7 @@ def main(args: Args) -> dict:
         boundary_rate[name] = np.asarray(rate)
     events_only = jax.device_get(
         boundary_scores(
-            jax.vmap(lambda e, t, s: _counts(e | s, t, s, args.tolerance))(
+            jax.vmap(lambda e, t, s: counts(e | s, t, s, args.tolerance))(
                 ev(events), ev(true), ev(start)
             )
         )
@@ -279,7 +279,7 @@ def main(args: Args) -> dict:
     chosen = {
         name: jax.device_get(
             boundary_scores(
-                jax.vmap(lambda p, t, s: _counts(p, t, s, args.tolerance))(b, true, start)
+                jax.vmap(lambda p, t, s: counts(p, t, s, args.tolerance))(b, true, start)
             )
         )
         for name, b in (("loss", seg.boundary), ("loss + events", seg_union.boundary))
@@ -455,7 +455,7 @@ def main(args: Args) -> dict:
     return results
 
 
-def _fmt(ci: tuple[float, float, float], digits: int = 2) -> str:
+def fmt(ci: tuple[float, float, float], digits: int = 2) -> str:
     return f"{ci[0]:.{digits}f} [{ci[1]:.{digits}f}, {ci[2]:.{digits}f}]"
 
 
@@ -467,7 +467,7 @@ def _revealed_rows(r: dict) -> list[str]:
     c = {k: iqm_ci(np.asarray(v)[:, i]) for k, v in r["pr"]["revealed"].items()}
     return [
         f"| negative control: skill id revealed (loss), gap {r['chosen_gap']:g} | "
-        f"{_fmt(c['precision'])} | {_fmt(c['recall'])} | {_fmt(c['f1'])} |"
+        f"{fmt(c['precision'])} | {fmt(c['recall'])} | {fmt(c['f1'])} |"
     ]
 
 
@@ -486,31 +486,31 @@ def _summary(args: Args, r: dict) -> str:
     for arm in ("loss", "loss + events"):
         c = r["chosen"][arm]
         lines.append(
-            f"| SBD ({arm}), gap {r['chosen_gap']:g} | {_fmt(c['precision'])} | "
-            f"{_fmt(c['recall'])} | {_fmt(c['f1'])} |"
+            f"| SBD ({arm}), gap {r['chosen_gap']:g} | {fmt(c['precision'])} | "
+            f"{fmt(c['recall'])} | {fmt(c['f1'])} |"
         )
     e, rr = r["events_only"], r["random_at_true_rate"]
     lines += [
-        f"| events only | {_fmt(e['precision'])} | {_fmt(e['recall'])} | {_fmt(e['f1'])} |",
-        f"| SBD (loss), best gap per seed (oracle) | | | {_fmt(r['best_gap_f1']['loss'])} |",
+        f"| events only | {fmt(e['precision'])} | {fmt(e['recall'])} | {fmt(e['f1'])} |",
+        f"| SBD (loss), best gap per seed (oracle) | | | {fmt(r['best_gap_f1']['loss'])} |",
         f"| fixed length, best length per seed (oracle; median best {r['fixed_best_length']}) "
-        f"| | | {_fmt(r['fixed_best_f1'])} |",
-        f"| random at the true rate (oracle) | {_fmt(rr['precision'])} | {_fmt(rr['recall'])} | "
-        f"{_fmt(rr['f1'])} |",
-        f"| random, best rate per seed (oracle) | | | {_fmt(r['random_best_f1'])} |",
+        f"| | | {fmt(r['fixed_best_f1'])} |",
+        f"| random at the true rate (oracle) | {fmt(rr['precision'])} | {fmt(rr['recall'])} | "
+        f"{fmt(rr['f1'])} |",
+        f"| random, best rate per seed (oracle) | | | {fmt(r['random_best_f1'])} |",
         f"| SBD (loss + events), best gap per seed (oracle) | | | "
-        f"{_fmt(r['best_gap_f1']['loss + events'])} |",
+        f"{fmt(r['best_gap_f1']['loss + events'])} |",
         *_revealed_rows(r),
         f"| negative control: skill id revealed (loss), best gap per seed (oracle) | | | "
-        f"{_fmt(r['best_gap_f1']['revealed'])} |",
+        f"{fmt(r['best_gap_f1']['revealed'])} |",
         "",
         "| action model | NLL at true switches | NLL elsewhere | spike |",
         "|---|---|---|---|",
     ]
     for arm in ("hidden", "revealed"):
         lines.append(
-            f"| skill {arm} | {_fmt(r['nll_at_switch'][arm])} | {_fmt(r['nll_elsewhere'][arm])} "
-            f"| {_fmt(r['spike'][arm])} |"
+            f"| skill {arm} | {fmt(r['nll_at_switch'][arm])} | {fmt(r['nll_elsewhere'][arm])} "
+            f"| {fmt(r['spike'][arm])} |"
         )
     lines += [
         "",
@@ -523,11 +523,11 @@ def _summary(args: Args, r: dict) -> str:
             f" (L = {r['fixed_length_used_downstream']})" if name == "fixed-length" else ""
         )
         lines.append(
-            f"| {label} | {r['segment_lengths'][name]:.1f} | {_fmt(r['skill_success'][name])} | "
-            f"{_fmt(r['tour_success'][name])} | {_fmt(r['tour_progress'][name])} |"
+            f"| {label} | {r['segment_lengths'][name]:.1f} | {fmt(r['skill_success'][name])} | "
+            f"{fmt(r['tour_success'][name])} | {fmt(r['tour_progress'][name])} |"
         )
     lines += [
-        f"| {FLAT} | | | {_fmt(r['tour_success'][FLAT])} | {_fmt(r['tour_progress'][FLAT])} |",
+        f"| {FLAT} | | | {fmt(r['tour_success'][FLAT])} | {fmt(r['tour_progress'][FLAT])} |",
         "",
         "Timing (s): " + ", ".join(f"{k} {v:.0f}" for k, v in r["timing"].items()) + ".",
     ]
