@@ -5,13 +5,15 @@ seeds, where an ``update`` is ``steps`` gradient steps with uniform sampling fro
 HalfCheetah-sized dataset on device (17-dim observations, 6-dim actions, 200k transitions) and
 metric averaging, batch 256, 256x256 networks (evaluation off). The bare TD3 step is the same
 TD3 arithmetic on one fixed batch, with nothing else: no sampling, no noise, no normalisation,
-no metrics (``platform.md`` measured about 294 updates/s for it with policy_freq 1 on this
-CPU). The matmul probe times ``[256, 256] @ [256, 256]`` and ``[1024, 1024] @ [1024, 1024]``
-in a scan, the ceiling for these networks. Effective GFLOP/s count matmul FLOPs only
-(backward = 2x forward). Every program runs on one core (single-threaded Eigen, see
-``agents/platform.py``), so besides wall-clock figures the table gives updates per CPU-second
-of the process, which is what an idle machine's wall clock reads and stays meaningful when
-other jobs share the cores; ratios and the fraction of peak use CPU-seconds.
+no metrics (``platform.md`` measured about 294 updates/s and 110 GFLOP/s for a scanned TD3
+step on this CPU); "bare + sampling" adds only the per-step uniform sampling from the
+dataset. The matmul probe times ``[256, 256] @ [256, 256]`` and ``[1024, 1024] @
+[1024, 1024]`` in a scan, the ceiling for these networks. Effective GFLOP/s count matmul FLOPs only
+(backward = 2x forward). Single-threaded Eigen (``agents/platform.py``) keeps each matmul on
+one core, but XLA runs independent ops side by side, so on an idle 2-core machine a program
+uses about 1.8 cores. Besides wall-clock figures the table therefore gives updates per
+CPU-second of the process, which stay comparable when other jobs share the cores; the ratio
+to the bare step and the fraction of peak use CPU-seconds.
 
     python -m benchmarks.offline_throughput
 """
@@ -32,7 +34,7 @@ import tyro
 import envs
 from agents.iql import IQLConfig, make_iql
 from agents.networks import Critic, CriticEnsemble
-from agents.offline import ensemble_member
+from agents.offline import ensemble_member, sample
 from agents.replay import Transition
 from agents.td3_bc import Actor, TD3BCConfig, make_td3_bc
 from benchmarks.timing import write_json
@@ -51,11 +53,7 @@ OBS_DIM, ACT_DIM, HIDDEN, BATCH = 17, 6, (256, 256), 256
 
 
 def _median_time(fn, *args, repeats: int) -> tuple[float, float]:
-    """Median wall-clock and process CPU seconds of ``fn(*args)``.
-
-    The programs run on one core (single-threaded Eigen), so CPU seconds are what the wall
-    clock would read on an idle machine; on a shared one both are reported.
-    """
+    """Median wall-clock and process CPU seconds of ``fn(*args)``."""
     wall, cpu = [], []
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -116,48 +114,68 @@ def bench_learner(name: str, learner, num_seeds: int, args: Args) -> dict:
     }
 
 
-def bare_td3(policy_freq: int, args: Args) -> dict:
-    """TD3's losses on one fixed batch: policy_freq critic steps, then actor and targets."""
+def bare_td3(policy_freq: int, args: Args, dataset: Transition | None = None) -> dict:
+    """TD3's losses: policy_freq critic steps, then actor and targets, on one fixed batch.
+
+    Given ``dataset`` (on device), every step instead draws its batch with ``offline.sample``,
+    which isolates what uniform sampling costs.
+    """
     actor, critic = Actor(ACT_DIM, HIDDEN), CriticEnsemble(2, HIDDEN, "relu")
-    data = synthetic_dataset(BATCH)
+    fixed = synthetic_dataset(BATCH)
     k1, k2 = jax.random.split(jax.random.key(0))
-    a_params, c_params = actor.init(k1, data.obs[0]), critic.init(k2, data.obs[0], data.action[0])
+    a_params, c_params = (
+        actor.init(k1, fixed.obs[0]),
+        critic.init(k2, fixed.obs[0], fixed.action[0]),
+    )
     tx = optax.adam(3e-4)
     state = (a_params, c_params, a_params, c_params, tx.init(a_params), tx.init(c_params))
-    state = jax.tree.map(jnp.copy, state)
+    state = (jax.tree.map(jnp.copy, state), jax.random.key(1))
 
-    def critic_step(carry, _):
-        a, c, ta, tc, oa, oc = carry
-        next_q = critic.apply(tc, data.next_obs, actor.apply(ta, data.next_obs)).min(0)
-        target = data.reward + 0.99 * next_q
+    def batch(key, data):  # -> (batch, key); the bare step draws no random numbers
+        if data is None:
+            return fixed, key
+        key, k = jax.random.split(key)
+        return sample(data, k, BATCH), key
+
+    def critic_step(carry, data):
+        (a, c, ta, tc, oa, oc), key = carry
+        b, key = batch(key, data)
+        next_q = critic.apply(tc, b.next_obs, actor.apply(ta, b.next_obs)).min(0)
+        target = b.reward + 0.99 * next_q
 
         def loss(p):
-            return jnp.square(critic.apply(p, data.obs, data.action) - target).mean(1).sum()
+            return jnp.square(critic.apply(p, b.obs, b.action) - target).mean(1).sum()
 
         updates, oc = tx.update(jax.grad(loss)(c), oc)
-        return (a, optax.apply_updates(c, updates), ta, tc, oa, oc), None
+        return ((a, optax.apply_updates(c, updates), ta, tc, oa, oc), key)
 
-    def step(carry, _):
-        carry, _ = jax.lax.scan(critic_step, carry, None, policy_freq)
-        a, c, ta, tc, oa, oc = carry
+    def step(carry, data):
+        carry = jax.lax.scan(lambda c, _: (critic_step(c, data), None), carry, None, policy_freq)[0]
+        (a, c, ta, tc, oa, oc), key = carry
+        b, key = batch(key, data)
 
         def loss(p):
-            pi = actor.apply(p, data.obs)
-            q1 = Critic(HIDDEN, "relu").apply(ensemble_member(c, 0), data.obs, pi)
-            return -q1.mean() + jnp.square(pi - data.action).mean()
+            pi = actor.apply(p, b.obs)
+            q1 = Critic(HIDDEN, "relu").apply(ensemble_member(c, 0), b.obs, pi)
+            return -q1.mean() + jnp.square(pi - b.action).mean()
 
         updates, oa = tx.update(jax.grad(loss)(a), oa)
         a = optax.apply_updates(a, updates)
         ta, tc = optax.incremental_update(a, ta, 0.005), optax.incremental_update(c, tc, 0.005)
-        return (a, c, ta, tc, oa, oc), None
+        return ((a, c, ta, tc, oa, oc), key)
 
-    run = jax.jit(lambda s: jax.lax.scan(step, s, None, args.steps // policy_freq)[0])
+    def run(state, data):
+        return jax.lax.scan(
+            lambda s, _: (step(s, data), None), state, None, args.steps // policy_freq
+        )[0]
+
     t0 = time.perf_counter()
-    compiled = run.lower(state).compile()
+    compiled = jax.jit(run).lower(state, dataset).compile()
     compile_s = time.perf_counter() - t0
-    run_s, cpu_s = _median_time(compiled, state, repeats=args.repeats)
+    run_s, cpu_s = _median_time(compiled, state, dataset, repeats=args.repeats)
+    name = f"bare TD3 step (policy_freq {policy_freq})"
     return {
-        "learner": f"bare TD3 step (policy_freq {policy_freq})",
+        "learner": name if dataset is None else f"{name} + sampling",
         "seeds": 1,
         "compile_s": compile_s,
         "updates_per_s": args.steps / run_s,
@@ -196,8 +214,9 @@ def main(args: Args) -> list[dict]:
     probes = [matmul_gflops(n, args.repeats) for n in (256, 1024)]
     peak, peak_cpu = max(p[0] for p in probes), max(p[1] for p in probes)
     print(f"matmul probe: {probes}", flush=True)
-    rows = [bare_td3(1, args), bare_td3(2, args)]
-    flops = {rows[0]["learner"]: td3_flops(1), rows[1]["learner"]: td3_flops(2)}
+    device_data = jax.tree.map(jnp.asarray, data)
+    rows = [bare_td3(1, args), bare_td3(2, args), bare_td3(2, args, device_data)]
+    flops = {r["learner"]: td3_flops(2) for r in rows[1:]} | {rows[0]["learner"]: td3_flops(1)}
     print(f"bare: {rows}", flush=True)
     for name, (learner, f) in learners.items():
         flops[name] = f
@@ -218,7 +237,7 @@ def main(args: Args) -> list[dict]:
         r["gflops_per_cpu_s"] = flops[r["learner"]] * r["updates_per_cpu_s"] / 1e9
         r["fraction_of_peak"] = r["gflops_per_cpu_s"] / peak_cpu
         r["vs_bare"] = None
-        if r["learner"].startswith("TD3+BC") and r["seeds"] == 1:
+        if (r["learner"].startswith("TD3+BC") or "sampling" in r["learner"]) and r["seeds"] == 1:
             ref = bare[1 if "policy_freq 1" in r["learner"] else 2]
             r["vs_bare"] = r["updates_per_cpu_s"] / ref["updates_per_cpu_s"]
         print(
