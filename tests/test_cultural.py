@@ -344,3 +344,47 @@ def test_goal_sequence_generation_replays_the_best_trial() -> None:
     assert total == pytest.approx(returns[best, -1])
     rand = GoalSequence().reset(jax.random.key(3), GOAL_PARAMS)[1]  # draw_task is the reset's
     np.testing.assert_array_equal(rand.goal_pos, task.goal_pos)
+
+
+class Follower(NamedTuple):
+    """A scripted, memoryless ``Policy`` that chases the demonstrator's body using only the
+    social channel: turn toward it, step forward when it is straight ahead, random moves
+    when it is out of view."""
+
+    view_size: int
+    memory_size: int = 1
+
+    def initial_carry(self, batch_size: int) -> jax.Array:
+        return jnp.zeros((batch_size, 1))
+
+    def act(self, params, carry, obs, resets, key, deterministic=False):
+        v, r = self.view_size, self.view_size // 2
+        channel = obs[:, -(v * v + 1) : -1]  # [B, v*v]; row 0 of the view is furthest ahead
+        cell = jnp.argmax(channel, axis=-1)
+        ahead, right = r - cell // v, cell % v - r
+        chase = jnp.where(right > 0, 1, jnp.where(right < 0, 0, jnp.where(ahead > 0, 2, 1)))
+        chase = jnp.where((ahead == 0) & (right == 0), 0, chase)  # on its cell: wait (turn)
+        guess = jax.random.randint(key, cell.shape, 0, NUM_ACTIONS)
+        return carry, jnp.where(channel.sum(-1) > 0, chase, guess)
+
+
+@pytest.mark.parametrize(("accuracy", "low", "high"), [(1.0, 2.5, 3.5), (0.8, 1.7, 2.6)])
+def test_goal_sequence_demonstrator_is_followable(accuracy: float, low: float, high: float):
+    """The social channel alone carries the task in the in-context study's setting (4x4 room,
+    3 goals, 16-step trials): a memoryless follower of a visible oracle scores most of the
+    expert's return per trial (3.48) while random moves lose (-0.21). So a learner stuck at 0
+    is an optimisation failure, not a missing signal."""
+    from experiments.cultural_tasks import GoalTask
+
+    env, params = GoalTask(oracle_accuracy=accuracy).social(
+        4, visibility=1.0, visibility_decay=False
+    )
+    follower = Follower(params.view_size)
+
+    def play(p):  # per-trial returns [256, 4]
+        record = jax.jit(lambda k: record_play(follower, None, env, p, k, 256))(jax.random.key(0))
+        return np.asarray(record.trial_returns)
+
+    follow, blind = play(params), play(params.replace(visibility=0.0))
+    assert low < follow.mean() < high, follow.mean(0)
+    assert blind.mean() < 0.0, blind.mean(0)  # unseen, it moves at random
