@@ -56,7 +56,7 @@ def default_ppo() -> PPOConfig:
     return PPOConfig(
         num_envs=16,
         num_steps=32,
-        total_timesteps=16_384,
+        total_timesteps=102_400,  # the reference: 1e5 steps per generation
         update_epochs=4,
         num_minibatches=4,
         recurrent=True,
@@ -71,7 +71,7 @@ def default_ppo() -> PPOConfig:
 @dataclasses.dataclass
 class Args(StudyArgs):
     ppo: PPOConfig = dataclasses.field(default_factory=default_ppo)  # one generation's training
-    generations: int = 4
+    generations: int = 8  # the reference's
     population: int = 2
     num_demos: int = 8
     eval_episodes: int = 32
