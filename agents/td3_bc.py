@@ -154,7 +154,7 @@ def make_td3_bc(
             return jnp.square(q - target).mean(1).sum(), q.mean()
 
         (loss, q), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.critic.params)
-        return state.critic.apply_gradients(grads=grads), (loss, q)
+        return state.critic.apply_gradients(grads=grads), (loss, q, batch)
 
     def train_step(state: TD3BCState) -> tuple[TD3BCState, dict]:
         key, k_critic = jax.random.split(state.key)
@@ -163,9 +163,8 @@ def make_td3_bc(
             return critic_step(state._replace(critic=critic_ts), k)
 
         keys = jax.random.split(k_critic, config.policy_freq)
-        critic_ts, (c_loss, q) = jax.lax.scan(scan_critic, state.critic, keys)
-        # the actor learns on the last critic batch (drawn again: cheaper than stacking them)
-        batch = offline.sample(dataset, jax.random.split(keys[-1])[0], config.batch_size)
+        critic_ts, (c_loss, q, batches) = jax.lax.scan(scan_critic, state.critic, keys)
+        batch = jax.tree.map(lambda x: x[-1], batches)  # the actor learns on the last batch
         q1_params = offline.ensemble_member(critic_ts.params, 0)
 
         def actor_loss(params):

@@ -41,14 +41,13 @@ from experiments.cultural_tasks import (
     GoalTask,
     MemoryTask,
     StudyArgs,
-    fmt,
     generation_timer,
     median_s,
     plot_iqm,
     train_ppo,
     write_config,
 )
-from experiments.runner import iqm_ci
+from experiments.runner import fmt_ci, iqm_ci
 
 #: Social learners: the headline (visibility decaying over the trials) and the ablations.
 TRAINED_VISIBILITY = {
@@ -336,8 +335,8 @@ def _summary(args: MemoryArgs | GoalArgs, r: dict) -> str:
     columns.update({f"trained with visibility {c[-1]}": a for c, a in ablations.items()})
     rows = "\n".join(
         f"| generation {g} | "
-        + " | ".join(fmt(col[g]) for col in columns.values())
-        + f" | {fmt(r['best_member_last_trial_per_generation'][g])} |"
+        + " | ".join(fmt_ci(col[g]) for col in columns.values())
+        + f" | {fmt_ci(r['best_member_last_trial_per_generation'][g])} |"
         for g in range(G)
     )
     blank = " |" * (len(columns) + 1)
@@ -370,11 +369,11 @@ def _summary(args: MemoryArgs | GoalArgs, r: dict) -> str:
         + "|---" * (len(columns) + 2)
         + f"|\n{rows}\n"
         f"| RL^2 trained on {T} trials, trial {G * T} of one lifetime | "
-        f"{fmt(r['rl2_4_trials_last_trial'])}{blank}\n"
+        f"{fmt_ci(r['rl2_4_trials_last_trial'])}{blank}\n"
         f"| RL^2 trained on {G * T} trials, trial {G * T} | "
-        f"{fmt(r[f'rl2_{G * T}_trials_last_trial'])}{blank}\n\n"
+        f"{fmt_ci(r[f'rl2_{G * T}_trials_last_trial'])}{blank}\n\n"
         "| difference (per seed) | IQM [95% CI] |\n|---|---|\n"
-        + "".join(f"| {name} | {fmt(d)} |\n" for name, d in diffs)
+        + "".join(f"| {name} | {fmt_ci(d)} |\n" for name, d in diffs)
         + f"\n{args.ppo.total_timesteps:,} training steps per agent and seed; training "
         f"{t['train_env_steps_per_s']:,.0f} env steps/s (social learner, all seeds); "
         f"{t['generation_wall_s']:.2f} s per generation after the first; "

@@ -41,13 +41,12 @@ from experiments.cultural_tasks import (
     GoalTask,
     MemoryTask,
     StudyArgs,
-    fmt,
     generation_timer,
     median_s,
     plot_iqm,
     write_config,
 )
-from experiments.runner import iqm_ci
+from experiments.runner import fmt_ci, iqm_ci
 
 CONDITIONS = ("anneal", "one", "zero")
 
@@ -213,8 +212,8 @@ def _summary(args: MemoryArgs | GoalArgs, r: dict) -> str:
     G = args.generations
     per_gen = r["return_alone_per_generation"]
     rows = "\n".join(
-        f"| {g} | {fmt(per_gen['anneal'][g])} | {fmt(per_gen['one'][g])} | "
-        f"{fmt(per_gen['zero'][g])} | {fmt(r['single_agent_per_block'][g])} |"
+        f"| {g} | {fmt_ci(per_gen['anneal'][g])} | {fmt_ci(per_gen['one'][g])} | "
+        f"{fmt_ci(per_gen['zero'][g])} | {fmt_ci(r['single_agent_per_block'][g])} |"
         for g in range(G)
     )
     t = r["timing"]
@@ -227,11 +226,11 @@ def _summary(args: MemoryArgs | GoalArgs, r: dict) -> str:
         f"| generation | visibility 1 -> 0 | fixed 1 | fixed 0 | single agent |\n"
         f"|---|---|---|---|---|\n{rows}\n\n"
         f"| difference (per seed) | IQM [95% CI] |\n|---|---|\n"
-        f"| last generation - generation 0 | {fmt(r['last_generation_minus_generation_0'])} |\n"
+        f"| last generation - generation 0 | {fmt_ci(r['last_generation_minus_generation_0'])} |\n"
         f"| last generation - single agent ({G} x steps) | "
-        f"{fmt(r['last_generation_minus_single_agent'])} |\n"
+        f"{fmt_ci(r['last_generation_minus_single_agent'])} |\n"
         f"| visibility 1 -> 0 - fixed 0, last generation | "
-        f"{fmt(r['anneal_minus_zero_last_generation'])} |\n\n"
+        f"{fmt_ci(r['anneal_minus_zero_last_generation'])} |\n\n"
         f"{t['generation_wall_s']:.1f} s per generation after the first "
         f"(3 conditions x {args.seeds} seeds x "
         f"{args.population} agents, {t['generation_env_steps_per_s']:,.0f} env steps/s); "

@@ -31,7 +31,6 @@ __all__ = [
     "GoalTask",
     "MemoryTask",
     "StudyArgs",
-    "fmt",
     "generation_timer",
     "plot_iqm",
     "train_ppo",
@@ -200,11 +199,6 @@ def median_s(stamps: list[float]) -> float:
     """Median seconds per generation after the first; NaN when fewer ran (a resumed run)."""
     seconds = np.diff(stamps)[1:]
     return float(np.median(seconds)) if seconds.size else float("nan")
-
-
-def fmt(x: tuple[float, float, float]) -> str:
-    """``point [lo, hi]`` with two decimals."""
-    return f"{x[0]:.2f} [{x[1]:.2f}, {x[2]:.2f}]"
 
 
 def plot_iqm(

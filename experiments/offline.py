@@ -29,7 +29,7 @@ from agents.hparams import to_dict
 from agents.iql import IQLConfig, make_iql
 from agents.replay.datasets import episode_returns, load_dataset, normalized_score
 from agents.td3_bc import TD3BCConfig, make_td3_bc
-from experiments.runner import RunFolder, iqm_ci, plot_curves, run_chunked
+from experiments.runner import RunFolder, fmt_ci, iqm_ci, plot_curves, run_chunked
 
 ALGOS = {"td3_bc": ("TD3+BC", make_td3_bc), "iql": ("IQL", make_iql)}
 TASKS = ("halfcheetah", "hopper", "walker2d")
@@ -171,10 +171,6 @@ def run_one(args: Args, algo: str, task: str, level: str) -> dict:
     return results
 
 
-def _cell(ci: list[float] | tuple[float, float, float]) -> str:
-    return f"{ci[0]:.1f} [{ci[1]:.1f}, {ci[2]:.1f}]"
-
-
 def _table(rows: list[dict]) -> str:
     lines = [
         "| algorithm | dataset | score IQM [95% CI] | with D4RL refs | dataset's own | CORL (D4RL) "
@@ -184,8 +180,9 @@ def _table(rows: list[dict]) -> str:
     for r in rows:
         corl = "" if r["corl"] is None else f"{r['corl']:.1f}"
         lines.append(
-            f"| {ALGOS[r['algo']][0]} | {r['task']}-{r['level']} | {_cell(r['score_iqm_ci'])} | "
-            f"{_cell(r['d4rl_score_iqm_ci'])} | {r['behaviour_score']:.1f} | {corl} | "
+            f"| {ALGOS[r['algo']][0]} | {r['task']}-{r['level']} | "
+            f"{fmt_ci(r['score_iqm_ci'], 1)} | "
+            f"{fmt_ci(r['d4rl_score_iqm_ci'], 1)} | {r['behaviour_score']:.1f} | {corl} | "
             f"{r['gradient_steps']:,} | {r['updates_per_s']:.0f} |"
         )
     return "\n".join(lines) + "\n"

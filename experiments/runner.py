@@ -36,6 +36,11 @@ def iqm_ci(values: np.ndarray, reps: int = 2000, seed: int = 0) -> tuple[float, 
     return float(point["x"][0]), float(ci["x"][0, 0]), float(ci["x"][1, 0])
 
 
+def fmt_ci(ci: tuple[float, float, float] | list[float], digits: int = 2) -> str:
+    """An ``iqm_ci`` result as ``point [lo, hi]``."""
+    return f"{ci[0]:.{digits}f} [{ci[1]:.{digits}f}, {ci[2]:.{digits}f}]"
+
+
 def final_score(returns: np.ndarray, fraction: float = 0.1) -> np.ndarray:
     """Per-seed mean of the last ``fraction`` of a [num_seeds, num_updates] curve (NaNs skipped)."""
     k = max(1, int(returns.shape[1] * fraction))

@@ -31,7 +31,7 @@ import envs
 from agents.hparams import stack_configs, to_dict
 from agents.replay import Transition
 from envs.gridworlds.multi_skill import MultiSkill, MultiSkillParams, rollout_expert
-from experiments.runner import RunFolder, iqm_ci
+from experiments.runner import RunFolder, fmt_ci, iqm_ci
 from skills.action_model import ActionModelConfig, episode_starts, make_action_model
 from skills.action_model import make_train as make_action_model_train
 from skills.boundary import BoundaryConfig, detect_boundaries
@@ -455,10 +455,6 @@ def main(args: Args) -> dict:
     return results
 
 
-def fmt(ci: tuple[float, float, float], digits: int = 2) -> str:
-    return f"{ci[0]:.{digits}f} [{ci[1]:.{digits}f}, {ci[2]:.{digits}f}]"
-
-
 def _revealed_rows(r: dict) -> list[str]:
     """The negative control at the chosen gap (if it is one of the swept gaps)."""
     if r["chosen_gap"] not in r["gaps"]:
@@ -467,7 +463,7 @@ def _revealed_rows(r: dict) -> list[str]:
     c = {k: iqm_ci(np.asarray(v)[:, i]) for k, v in r["pr"]["revealed"].items()}
     return [
         f"| negative control: skill id revealed (loss), gap {r['chosen_gap']:g} | "
-        f"{fmt(c['precision'])} | {fmt(c['recall'])} | {fmt(c['f1'])} |"
+        f"{fmt_ci(c['precision'])} | {fmt_ci(c['recall'])} | {fmt_ci(c['f1'])} |"
     ]
 
 
@@ -486,31 +482,31 @@ def _summary(args: Args, r: dict) -> str:
     for arm in ("loss", "loss + events"):
         c = r["chosen"][arm]
         lines.append(
-            f"| SBD ({arm}), gap {r['chosen_gap']:g} | {fmt(c['precision'])} | "
-            f"{fmt(c['recall'])} | {fmt(c['f1'])} |"
+            f"| SBD ({arm}), gap {r['chosen_gap']:g} | {fmt_ci(c['precision'])} | "
+            f"{fmt_ci(c['recall'])} | {fmt_ci(c['f1'])} |"
         )
     e, rr = r["events_only"], r["random_at_true_rate"]
     lines += [
-        f"| events only | {fmt(e['precision'])} | {fmt(e['recall'])} | {fmt(e['f1'])} |",
-        f"| SBD (loss), best gap per seed (oracle) | | | {fmt(r['best_gap_f1']['loss'])} |",
+        f"| events only | {fmt_ci(e['precision'])} | {fmt_ci(e['recall'])} | {fmt_ci(e['f1'])} |",
+        f"| SBD (loss), best gap per seed (oracle) | | | {fmt_ci(r['best_gap_f1']['loss'])} |",
         f"| fixed length, best length per seed (oracle; median best {r['fixed_best_length']}) "
-        f"| | | {fmt(r['fixed_best_f1'])} |",
-        f"| random at the true rate (oracle) | {fmt(rr['precision'])} | {fmt(rr['recall'])} | "
-        f"{fmt(rr['f1'])} |",
-        f"| random, best rate per seed (oracle) | | | {fmt(r['random_best_f1'])} |",
+        f"| | | {fmt_ci(r['fixed_best_f1'])} |",
+        f"| random at the true rate (oracle) | {fmt_ci(rr['precision'])} | "
+        f"{fmt_ci(rr['recall'])} | {fmt_ci(rr['f1'])} |",
+        f"| random, best rate per seed (oracle) | | | {fmt_ci(r['random_best_f1'])} |",
         f"| SBD (loss + events), best gap per seed (oracle) | | | "
-        f"{fmt(r['best_gap_f1']['loss + events'])} |",
+        f"{fmt_ci(r['best_gap_f1']['loss + events'])} |",
         *_revealed_rows(r),
         f"| negative control: skill id revealed (loss), best gap per seed (oracle) | | | "
-        f"{fmt(r['best_gap_f1']['revealed'])} |",
+        f"{fmt_ci(r['best_gap_f1']['revealed'])} |",
         "",
         "| action model | NLL at true switches | NLL elsewhere | spike |",
         "|---|---|---|---|",
     ]
     for arm in ("hidden", "revealed"):
         lines.append(
-            f"| skill {arm} | {fmt(r['nll_at_switch'][arm])} | {fmt(r['nll_elsewhere'][arm])} "
-            f"| {fmt(r['spike'][arm])} |"
+            f"| skill {arm} | {fmt_ci(r['nll_at_switch'][arm])} | "
+            f"{fmt_ci(r['nll_elsewhere'][arm])} | {fmt_ci(r['spike'][arm])} |"
         )
     lines += [
         "",
@@ -523,11 +519,11 @@ def _summary(args: Args, r: dict) -> str:
             f" (L = {r['fixed_length_used_downstream']})" if name == "fixed-length" else ""
         )
         lines.append(
-            f"| {label} | {r['segment_lengths'][name]:.1f} | {fmt(r['skill_success'][name])} | "
-            f"{fmt(r['tour_success'][name])} | {fmt(r['tour_progress'][name])} |"
+            f"| {label} | {r['segment_lengths'][name]:.1f} | {fmt_ci(r['skill_success'][name])} | "
+            f"{fmt_ci(r['tour_success'][name])} | {fmt_ci(r['tour_progress'][name])} |"
         )
     lines += [
-        f"| {FLAT} | | | {fmt(r['tour_success'][FLAT])} | {fmt(r['tour_progress'][FLAT])} |",
+        f"| {FLAT} | | | {fmt_ci(r['tour_success'][FLAT])} | {fmt_ci(r['tour_progress'][FLAT])} |",
         "",
         "Timing (s): " + ", ".join(f"{k} {v:.0f}" for k, v in r["timing"].items()) + ".",
     ]

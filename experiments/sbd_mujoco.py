@@ -37,8 +37,8 @@ import envs
 from agents.hparams import require, stack_configs, to_dict
 from agents.replay import Transition
 from agents.sac import SACConfig, export_policy, load_policy, make_sac
-from experiments.runner import RunFolder, iqm_ci, plot_curves, run_chunked
-from experiments.sbd import baseline_scores, counts, fmt
+from experiments.runner import RunFolder, fmt_ci, iqm_ci, plot_curves, run_chunked
+from experiments.sbd import baseline_scores, counts
 from skills.action_model import ActionModelConfig, episode_starts, make_action_model
 from skills.action_model import make_train as make_action_model_train
 from skills.boundary import BoundaryConfig, detect_boundaries
@@ -535,7 +535,7 @@ def _summary(args: Args, r: dict) -> str:
         f"true switches at {r['true_boundary_rate']:.4f} of steps), actions "
         f"{'tanh(mean)' if args.deterministic else 'sampled'}. Boundaries match true switches "
         "one-to-one within the tolerance; oracle rows pick the best setting per seed. "
-        f"The cheetah is upside down in {fmt(r['upside_down_fraction'])} of demonstration "
+        f"The cheetah is upside down in {fmt_ci(r['upside_down_fraction'])} of demonstration "
         "steps.",
     ]
     g = r["chosen_gap"]
@@ -543,7 +543,7 @@ def _summary(args: Args, r: dict) -> str:
         c, h = s["chosen"]["hidden"], s["chosen"]["revealed"]
         fb, rr = s["fixed_at_best_length"], s["random_at_true_rate"]
         row = lambda name, x: (
-            f"| {name} | {fmt(x['precision'])} | {fmt(x['recall'])} | {fmt(x['f1'])} |"
+            f"| {name} | {fmt_ci(x['precision'])} | {fmt_ci(x['recall'])} | {fmt_ci(x['f1'])} |"
         )
         lines += [
             "",
@@ -552,14 +552,14 @@ def _summary(args: Args, r: dict) -> str:
             "| segmentation | precision | recall | F1 |",
             "|---|---|---|---|",
             row(f"SBD, gap {g:g}", c),
-            f"| SBD, best gap per seed (oracle) | | | {fmt(s['best_gap_f1']['hidden'])} |",
+            f"| SBD, best gap per seed (oracle) | | | {fmt_ci(s['best_gap_f1']['hidden'])} |",
             row(f"fixed length {s['fixed_best_length']} (best median length, oracle)", fb),
-            f"| fixed length, best length per seed (oracle) | | | {fmt(s['fixed_best_f1'])} |",
+            f"| fixed length, best length per seed (oracle) | | | {fmt_ci(s['fixed_best_f1'])} |",
             row("random at the true rate (oracle)", rr),
-            f"| random, best rate per seed (oracle) | | | {fmt(s['random_best_f1'])} |",
+            f"| random, best rate per seed (oracle) | | | {fmt_ci(s['random_best_f1'])} |",
             row(f"negative control: behaviour revealed, gap {g:g}", h),
             f"| negative control, best gap per seed (oracle) | | | "
-            f"{fmt(s['best_gap_f1']['revealed'])} |",
+            f"{fmt_ci(s['best_gap_f1']['revealed'])} |",
         ]
     names = list(r["behaviours"])
     lines += [
@@ -569,7 +569,7 @@ def _summary(args: Args, r: dict) -> str:
         "| switch | count | recall |",
         "|---|---|---|",
         *(
-            f"| {names[k['from']]} -> {names[k['to']]} | {k['count']} | {fmt(k['recall'])} |"
+            f"| {names[k['from']]} -> {names[k['to']]} | {k['count']} | {fmt_ci(k['recall'])} |"
             for k in r["recall_by_switch"]
         ),
     ]
@@ -581,8 +581,8 @@ def _summary(args: Args, r: dict) -> str:
     ]
     for arm, s in r["spike"].items():
         lines.append(
-            f"| behaviour {arm} | {fmt(s['nll_at_switch'])} | {fmt(s['peak_within_10'])} | "
-            f"{fmt(s['nll_elsewhere'])} | {fmt(s['spike'])} |"
+            f"| behaviour {arm} | {fmt_ci(s['nll_at_switch'])} | {fmt_ci(s['peak_within_10'])} | "
+            f"{fmt_ci(s['nll_elsewhere'])} | {fmt_ci(s['spike'])} |"
         )
     lines += [
         "",

@@ -10,7 +10,7 @@ import envs
 from agents.checkpoint import Checkpointer, CheckpointError
 from agents.ppo import PPOConfig, load_policy, make_ppo
 from experiments import ppo as ppo_experiment
-from experiments.runner import RunFolder, iqm_ci, run_chunked
+from experiments.runner import RunFolder, fmt_ci, iqm_ci, run_chunked
 
 ENV = envs.make("gymnax:CartPole-v1")
 CFG = PPOConfig(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 6, num_minibatches=2)
@@ -70,6 +70,8 @@ def test_iqm_ci_brackets_the_iqm():
     point, lo, hi = iqm_ci(np.arange(10.0))
     assert lo <= point <= hi
     assert point == pytest.approx(4.5)
+    assert fmt_ci((point, lo, 5.256)) == f"4.50 [{lo:.2f}, 5.26]"
+    assert fmt_ci([48.14, 40.0, 50.5], 1) == "48.1 [40.0, 50.5]"
 
 
 def test_experiment_writes_its_folder_and_an_inference_policy(tmp_path):
