@@ -195,6 +195,22 @@ def matmul_gflops(n: int, repeats: int) -> tuple[float, float]:
     return 2 * n**3 * iters / wall / 1e9, 2 * n**3 * iters / cpu / 1e9
 
 
+def sampling_us(data: Transition, repeats: int, steps: int = 5000) -> float:
+    """Microseconds per ``offline.sample`` of a batch (key split included), alone in a scan."""
+
+    def body(carry, _):
+        key, acc = carry
+        key, k = jax.random.split(key)
+        batch = sample(data, k, BATCH)
+        return (key, acc + sum(jnp.sum(x.astype(jnp.float32)) for x in batch)), None
+
+    run = jax.jit(lambda key, d: jax.lax.scan(body, (key, 0.0), None, steps)[0][1])
+    key = jax.random.key(0)
+    run(key, data).block_until_ready()
+    wall, _ = _median_time(run, key, data, repeats=repeats)
+    return 1e6 * wall / steps
+
+
 def _ratio(x: float | None) -> str:
     return "" if x is None else f"{x:.2f}x"
 
@@ -215,6 +231,8 @@ def main(args: Args) -> list[dict]:
     peak, peak_cpu = max(p[0] for p in probes), max(p[1] for p in probes)
     print(f"matmul probe: {probes}", flush=True)
     device_data = jax.tree.map(jnp.asarray, data)
+    sample_us = sampling_us(device_data, args.repeats)
+    print(f"offline.sample alone: {sample_us:.1f} us per batch of {BATCH}", flush=True)
     rows = [bare_td3(1, args), bare_td3(2, args), bare_td3(2, args, device_data)]
     flops = {r["learner"]: td3_flops(2) for r in rows[1:]} | {rows[0]["learner"]: td3_flops(1)}
     print(f"bare: {rows}", flush=True)
@@ -247,7 +265,12 @@ def main(args: Args) -> list[dict]:
             f"{100 * r['fraction_of_peak']:.0f}% | "
             f"{_ratio(r['vs_bare'])} |"
         )
-    summary = {"matmul_peak_gflops": peak, "matmul_peak_gflops_per_cpu_s": peak_cpu, "rows": rows}
+    summary = {
+        "matmul_peak_gflops": peak,
+        "matmul_peak_gflops_per_cpu_s": peak_cpu,
+        "sampling_us_per_batch": sample_us,
+        "rows": rows,
+    }
     write_json(args.out, summary)
     return rows
 
