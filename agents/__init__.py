@@ -1,5 +1,4 @@
-"""Learning algorithms as pure functions over explicit state."""
+"""Learning algorithms as pure functions over explicit state (importing it sets ``envs.platform``'s
+XLA flags through ``envs``)."""
 
-from agents import platform as _platform
-
-_platform.configure()
+import envs as _envs  # noqa: F401

@@ -10,8 +10,8 @@ can hit (other config, other state layout, corrupt files) raises ``CheckpointErr
         state = ckpt.restore(state)          # state: a freshly initialised state as template
     ckpt.save(step, state)
 
-``save_policy`` / ``load_policy`` export network parameters and JSON metadata (architecture,
-observation/action sizes) so a policy loads without the trainer or a template.
+``save_params`` / ``load_params`` store network parameters with JSON metadata, so they load
+without a template (``agents.core.export_policy`` builds on them).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["CheckpointError", "Checkpointer", "load_policy", "save_policy"]
+__all__ = ["CheckpointError", "Checkpointer", "load_params", "save_params"]
 
 PyTree = Any
 CONFIG_FILE = "config.json"
@@ -248,7 +248,7 @@ class Checkpointer:
         return jax.tree.map(_wrap_like, restored, state_like)
 
 
-def save_policy(directory: str | os.PathLike, params: PyTree, metadata: Mapping[str, Any]) -> None:
+def save_params(directory: str | os.PathLike, params: PyTree, metadata: Mapping[str, Any]) -> None:
     """Export ``params`` and JSON ``metadata`` (architecture, sizes) to a new ``directory``."""
     directory = Path(directory).absolute()
     meta = _to_json(metadata, "metadata")
@@ -263,13 +263,13 @@ def save_policy(directory: str | os.PathLike, params: PyTree, metadata: Mapping[
         _write_json(directory / POLICY_METADATA, meta)
 
 
-def load_policy(directory: str | os.PathLike) -> tuple[PyTree, dict[str, Any]]:
-    """``(params, metadata)`` exported by ``save_policy``; params as jax arrays in nested dicts."""
+def load_params(directory: str | os.PathLike) -> tuple[PyTree, dict[str, Any]]:
+    """``(params, metadata)`` stored by ``save_params``; params as jax arrays in nested dicts."""
     directory = Path(directory).absolute()
     if not (directory / POLICY_METADATA).exists() or not (directory / POLICY_PARAMS).exists():
         raise CheckpointError(
             f"no complete policy export in {directory} (expected {POLICY_PARAMS}/ and "
-            f"{POLICY_METADATA}); export one with save_policy."
+            f"{POLICY_METADATA}); export one with agents.core.export_policy."
         )
     try:
         metadata = json.loads((directory / POLICY_METADATA).read_text())

@@ -1,26 +1,29 @@
 """EDM diffusion (Karras et al., 2022) over flat vectors: SynthER's generative model of experience.
 
     model = make_diffusion(config, data_dim)            # cond_dim > 0: a conditional model
-    state = model.init(key, fit_normalizer(data, skip_dims=(data_dim - 1,)))
-    state, losses = jax.jit(model.train)(state, data, key)       # config.num_train_steps updates
+    state, losses = fit(model, data, key, skip_dims=(data_dim - 1,))   # config.total_steps
     samples = jax.jit(model.sample, static_argnums=2)(state, key, 10_000)   # [10_000, data_dim]
+
+    state = model.init(key, Normalizer.fit(data, ddof=1, eps=1e-5))   # the same, jittable
+    state, losses = model.train(state, data, key)   # config.total_steps learns (gradient steps)
 
 The denoiser is SynthER's residual MLP (random Fourier features of the noise level, a linear
 projection of the input, ``num_blocks`` residual blocks), wrapped in EDM's preconditioning and
 trained with EDM's log-normal noise levels and loss weighting; AdamW with a cosine schedule,
 gradient clipping and an EMA copy of the weights (ema-pytorch's warm-up, as in the reference),
 from which ``sample`` draws with the stochastic Heun sampler. Data are z-scored per dimension
-(``Normalizer``); dimensions in ``skip_dims`` (terminal flags) are left as they are. Training
-and sampling are ``lax.scan`` loops, so a whole fit-and-sample fits inside one jitted program
-(online SynthER retrains inside its training scan). An optional conditioning input (``cond``,
-concatenated to the noisy input) lets the same model serve diffusion policies.
+(``envs.wrappers.Normalizer``: unbiased std + 1e-5, as in the reference); dimensions in
+``skip_dims`` (terminal flags) are left as they are. Training and sampling are ``lax.scan``
+loops, so a whole fit-and-sample fits inside one jitted program (online SynthER retrains inside
+its training scan). An optional conditioning input (``cond``, concatenated to the noisy input)
+lets the same model serve diffusion policies.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -32,9 +35,10 @@ from flax import struct
 from flax.training.train_state import TrainState
 from tqdm import tqdm
 
-from agents.hparams import require, static, sweepable
+from agents.hparams import require, require_fields, static, sweepable
 from agents.networks import ResidualMLP, torch_dense
 from envs.core import is_concrete
+from envs.wrappers import Normalizer
 
 
 @struct.dataclass
@@ -46,7 +50,7 @@ class DiffusionConfig:
     embed_dim: int = static(128)  # input projection and noise-level embedding width
     fourier_dim: int = static(16)  # random Fourier features of the noise level
     layer_norm: bool = static(False)
-    num_train_steps: int = static(10_000)  # reference: 100k
+    total_steps: int = static(10_000)  # gradient steps (reference: 100k)
     batch_size: int = static(256)  # reference: 256 (1024 for datasets of 800k or more)
     num_sample_steps: int = static(128)
     cosine_lr: bool = static(True)
@@ -71,7 +75,7 @@ class DiffusionConfig:
 
     def validate(self) -> None:
         """Raise a ValueError naming the first invalid setting."""
-        for name in ("width", "embed_dim", "num_train_steps", "batch_size", "num_sample_steps"):
+        for name in ("width", "embed_dim", "total_steps", "batch_size", "num_sample_steps"):
             require(getattr(self, name) >= 1, f"DiffusionConfig.{name} must be >= 1")
         for name in ("num_blocks", "ema_start"):
             require(getattr(self, name) >= 0, f"DiffusionConfig.{name} must be >= 0")
@@ -81,27 +85,23 @@ class DiffusionConfig:
             f"DiffusionConfig.fourier_dim={self.fourier_dim} must be even and >= 2 "
             "(sine and cosine of each random frequency)",
         )
-        checks = {
-            "lr": (lambda v: v > 0, "> 0"),
-            "adam_b2": (lambda v: (v >= 0) & (v < 1), "in [0, 1)"),
-            "weight_decay": (lambda v: v >= 0, ">= 0"),
-            "max_grad_norm": (lambda v: v > 0, "> 0"),
-            "ema_decay": (lambda v: (v >= 0) & (v < 1), "in [0, 1)"),
-            "ema_power": (lambda v: v > 0, "> 0"),
-            "sigma_data": (lambda v: v > 0, "> 0"),
-            "p_std": (lambda v: v > 0, "> 0"),
-            "sigma_min": (lambda v: v > 0, "> 0"),
-            "rho": (lambda v: v > 0, "> 0"),
-            "s_churn": (lambda v: v >= 0, ">= 0"),
-            "s_noise": (lambda v: v > 0, "> 0"),
-        }
-        for name, (ok, rule) in checks.items():  # numpy: validating compiles nothing
-            v = getattr(self, name)
-            if is_concrete(v):
-                require(
-                    bool(np.all(ok(np.asarray(v)))),
-                    f"DiffusionConfig.{name}={v} is invalid; it must be {rule}",
-                )
+        require_fields(
+            self,
+            {
+                "lr": (lambda v: v > 0, "> 0"),
+                "adam_b2": (lambda v: (v >= 0) & (v < 1), "in [0, 1)"),
+                "weight_decay": (lambda v: v >= 0, ">= 0"),
+                "max_grad_norm": (lambda v: v > 0, "> 0"),
+                "ema_decay": (lambda v: (v >= 0) & (v < 1), "in [0, 1)"),
+                "ema_power": (lambda v: v > 0, "> 0"),
+                "sigma_data": (lambda v: v > 0, "> 0"),
+                "p_std": (lambda v: v > 0, "> 0"),
+                "sigma_min": (lambda v: v > 0, "> 0"),
+                "rho": (lambda v: v > 0, "> 0"),
+                "s_churn": (lambda v: v >= 0, ">= 0"),
+                "s_noise": (lambda v: v > 0, "> 0"),
+            },
+        )
         if is_concrete(self.sigma_max) and is_concrete(self.sigma_min):
             require(
                 bool(np.all(np.asarray(self.sigma_max) > np.asarray(self.sigma_min))),
@@ -113,57 +113,16 @@ class DiffusionConfig:
 # Named configurations; report which one each figure used.
 PRESETS: dict[str, DiffusionConfig] = {
     # SynthER offline (D4RL): 2048 x 6 blocks (25.6M parameters), 100k steps, 128 Heun steps.
-    "reference": DiffusionConfig(width=2048, num_train_steps=100_000),
+    "reference": DiffusionConfig(width=2048, total_steps=100_000),
     # SynthER online (retrained every 10k environment steps): width 1024.
-    "reference_online": DiffusionConfig(width=1024, num_train_steps=100_000),
+    "reference_online": DiffusionConfig(width=1024, total_steps=100_000),
     # This 2-core CPU: width 256 (0.5M parameters), 10k steps, 32 Heun steps.
-    "cpu": DiffusionConfig(width=256, num_train_steps=10_000, num_sample_steps=32),
+    "cpu": DiffusionConfig(width=256, total_steps=10_000, num_sample_steps=32),
 }
 
 
 # --------------------------------------------------------------------------------------------
-# Data: per-dimension normalisation and checks
-
-
-class Normalizer(NamedTuple):
-    """Per-dimension z-scoring; ``mean`` 0 and ``std`` 1 leave a dimension unchanged."""
-
-    mean: jax.Array  # [D]
-    std: jax.Array  # [D]
-
-    def normalize(self, x: jax.Array) -> jax.Array:  # [..., D] -> [..., D]
-        return (x - self.mean) / self.std
-
-    def unnormalize(self, x: jax.Array) -> jax.Array:  # [..., D] -> [..., D]
-        return x * self.std + self.mean
-
-
-def fit_normalizer(
-    data: jax.Array,
-    skip_dims: Sequence[int] = (),
-    size: jax.Array | int | None = None,
-    eps: float = 1e-5,
-) -> Normalizer:
-    """Mean and (unbiased) std + ``eps`` of ``data`` [N, D]'s first ``size`` rows (all if None).
-
-    ``skip_dims`` (SynthER: the terminal flag) keep mean 0 and std 1. ``size`` may be traced
-    (a partly filled replay buffer).
-    """
-    check_data(data, what="fit_normalizer data")
-    data = jnp.asarray(data, jnp.float32)
-    n = data.shape[0] if size is None else size
-    valid = (jnp.arange(data.shape[0]) < n)[:, None]
-    count = jnp.maximum(jnp.asarray(n, jnp.float32), 1.0)
-    mean = jnp.where(valid, data, 0.0).sum(0) / count
-    var = jnp.where(valid, jnp.square(data - mean), 0.0).sum(0) / jnp.maximum(count - 1.0, 1.0)
-    std = jnp.sqrt(var) + eps
-    skip = np.asarray(skip_dims, dtype=np.int32)
-    for d in skip.tolist():
-        require(
-            -data.shape[1] <= d < data.shape[1],
-            f"skip_dims entry {d} is out of range for data of dimension {data.shape[1]}",
-        )
-    return Normalizer(mean.at[skip].set(0.0), std.at[skip].set(1.0))
+# Data: checks and memory
 
 
 def check_data(data: Any, data_dim: int | None = None, what: str = "data") -> None:
@@ -330,7 +289,7 @@ class DiffusionState(NamedTuple):
 
 
 class Diffusion(NamedTuple):
-    """The pure functions of one diffusion model (see the module docstring)."""
+    """One diffusion model: its shapes and pure functions (see the module docstring)."""
 
     config: DiffusionConfig
     data_dim: int
@@ -339,7 +298,7 @@ class Diffusion(NamedTuple):
     init: Callable[..., DiffusionState]  # (key, normalizer) -> state
     denoise: Callable[..., jax.Array]  # (params, x, sigma, cond) -> D(x; sigma), normalised space
     loss: Callable[..., jax.Array]  # (params, x0, key, cond) -> scalar, normalised space
-    update: Callable[..., tuple[DiffusionState, jax.Array]]  # (state, batch, key, cond)
+    learn: Callable[..., tuple[DiffusionState, jax.Array]]  # (state, batch, key, cond): 1 step
     train: Callable[..., tuple[DiffusionState, jax.Array]]  # (state, data, key, cond, size, n)
     sample: Callable[..., jax.Array]  # (state, key, num_samples, cond, use_ema) -> [num, D]
 
@@ -377,7 +336,7 @@ def make_diffusion(config: DiffusionConfig, data_dim: int, cond_dim: int = 0) ->
     def make_optimizer() -> optax.GradientTransformation:
         lr = config.lr
         if config.cosine_lr:
-            lr = optax.cosine_decay_schedule(config.lr, config.num_train_steps)
+            lr = optax.cosine_decay_schedule(config.lr, config.total_steps)
         decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
         return optax.chain(
             optax.clip_by_global_norm(config.max_grad_norm),
@@ -413,8 +372,8 @@ def make_diffusion(config: DiffusionConfig, data_dim: int, cond_dim: int = 0) ->
         err = jnp.mean(jnp.square(denoise(params, noisy, sigma, cond) - x0), axis=-1)
         return jnp.mean(loss_weight(sigma, config.sigma_data) * err)
 
-    def update(state: DiffusionState, batch: jax.Array, key: jax.Array, cond=None):
-        # batch [B, D] in data units -> (state, loss)
+    def learn(state: DiffusionState, batch: jax.Array, key: jax.Array, cond=None):
+        # one gradient step: batch [B, D] in data units -> (state, loss)
         ts = state.train_state
         x0 = state.normalizer.normalize(batch)
         value, grads = jax.value_and_grad(loss)(ts.params, x0, key, cond)
@@ -425,7 +384,7 @@ def make_diffusion(config: DiffusionConfig, data_dim: int, cond_dim: int = 0) ->
         warm = 1.0 - jnp.maximum(step - config.ema_start, 1.0) ** -config.ema_power
         decay = jnp.where(step <= config.ema_start, 0.0, jnp.minimum(config.ema_decay, warm))
         decay = jnp.where(ts.step % config.ema_every == 0, decay, 1.0)
-        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, ts.params)
+        ema = optax.incremental_update(ts.params, state.ema_params, 1.0 - decay)
         return DiffusionState(ts, ema, state.normalizer), value
 
     def train(
@@ -436,13 +395,13 @@ def make_diffusion(config: DiffusionConfig, data_dim: int, cond_dim: int = 0) ->
         size: jax.Array | int | None = None,
         num_steps: int | None = None,
     ) -> tuple[DiffusionState, jax.Array]:
-        """``num_steps`` (default config.num_train_steps) updates on batches drawn uniformly
+        """``num_steps`` (default config.total_steps) learns on batches drawn uniformly
         with replacement from the first ``size`` rows of ``data`` [N, D] (and ``cond`` [N, C]).
         Returns the state and the losses [num_steps]. Batches are keyed by ``key`` and the
         step count, so two calls of n steps equal one call of 2n."""
         check_data(data, data_dim, "diffusion training data")
         check_cond(cond, np.shape(data)[0], "train")
-        num_steps = config.num_train_steps if num_steps is None else num_steps
+        num_steps = config.total_steps if num_steps is None else num_steps
         require(num_steps >= 1, f"num_steps={num_steps} must be >= 1")
         n = data.shape[0] if size is None else size
 
@@ -452,7 +411,7 @@ def make_diffusion(config: DiffusionConfig, data_dim: int, cond_dim: int = 0) ->
             k_idx, k_loss = jax.random.split(k)
             idx = jax.random.randint(k_idx, (config.batch_size,), 0, n)
             c = None if cond is None else cond[idx]
-            return update(state, data[idx], k_loss, c)
+            return learn(state, data[idx], k_loss, c)
 
         return jax.lax.scan(body, state, None, num_steps)
 
@@ -468,7 +427,7 @@ def make_diffusion(config: DiffusionConfig, data_dim: int, cond_dim: int = 0) ->
         check_fits(
             4 * num_samples * (8 * data_dim + 4 * config.width),
             f"sampling {num_samples} vectors at once",
-            "draw fewer at a time (agents.replay.synthetic.upsample samples in chunks)",
+            "draw fewer at a time (agents.synther.upsample samples in chunks)",
         )
         params = state.ema_params if use_ema else state.train_state.params
         x = heun_sample(
@@ -476,26 +435,24 @@ def make_diffusion(config: DiffusionConfig, data_dim: int, cond_dim: int = 0) ->
         )
         return state.normalizer.unnormalize(x)
 
-    return Diffusion(
-        config, data_dim, cond_dim, network, init, denoise, loss, update, train, sample
-    )
+    return Diffusion(config, data_dim, cond_dim, network, init, denoise, loss, learn, train, sample)
 
 
 def fit(
     model: Diffusion,
     data: Any,
     key: jax.Array,
-    skip_dims: Sequence[int] = (),
+    skip_dims: tuple[int, ...] = (),
     cond: Any = None,
     chunk_steps: int = 1000,
     progress: bool = False,
 ) -> tuple[DiffusionState, np.ndarray]:
-    """Train a fresh ``model`` on ``data`` [N, D] (host or device) for config.num_train_steps.
+    """Train a fresh ``model`` on ``data`` [N, D] (host or device) for config.total_steps.
 
     Checks the data before anything compiles, z-scores it (``skip_dims`` unscaled), and runs
     the jitted training loop in chunks of ``chunk_steps`` (compiled once, twice if they do not
     divide the total; the result does not depend on them). Returns the trained state and the
-    training losses [num_train_steps].
+    training losses [total_steps].
     """
     check_data(data, model.data_dim, "diffusion training data")
     if cond is not None:
@@ -504,8 +461,8 @@ def fit(
     data = jnp.asarray(data, jnp.float32)
     cond = None if cond is None else jnp.asarray(cond, jnp.float32)
     k_init, k_train = jax.random.split(key)
-    state = model.init(k_init, fit_normalizer(data, skip_dims))
-    total = model.config.num_train_steps
+    state = model.init(k_init, Normalizer.fit(data, ddof=1, eps=1e-5, skip_dims=skip_dims))
+    total = model.config.total_steps
     chunk = min(chunk_steps, total)
     train = jax.jit(model.train, static_argnames="num_steps")
     losses, done = [], 0

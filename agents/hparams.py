@@ -46,27 +46,6 @@ def require_fields(config: Any, checks: dict[str, tuple[Callable[[Any], Any], st
             )
 
 
-def to_dict(config: Any) -> dict[str, Any]:
-    """The config as a JSON-able dict (tuples become lists, arrays become scalars/lists)."""
-    out = {}
-    for f in dataclasses.fields(config):
-        v = getattr(config, f.name)
-        if hasattr(v, "tolist"):
-            v = v.tolist()
-        out[f.name] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
-def from_dict(cls: type[C], values: dict[str, Any]) -> C:
-    """Rebuild a config of type ``cls`` from ``to_dict`` output; unknown keys are an error."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(values) - set(fields)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown config keys {sorted(unknown)}")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return cls(**kwargs)
-
-
 def stack_configs(configs: list[C]) -> C:
     """Stack configs that differ only in sweepable fields into one batched config for vmap."""
     if not configs:

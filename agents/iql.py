@@ -1,33 +1,37 @@
 """Implicit Q-Learning (Kostrikov et al., 2022): in-sample expectile values, advantage-weighted BC.
 
     iql = make_iql(config, transitions, env, env_params, ref_scores=(random, expert))
-    state, metrics = jax.jit(iql.train)(key)                         # one run
+    state, metrics = jax.jit(iql.train)(key)                         # one run (an Agent)
     state, metrics = jax.jit(jax.vmap(iql.train))(keys)              # many seeds at once
-    run_chunked(iql.init, iql.update, config.num_updates, config.eval_every, key, seeds, folder)
+    carry, action = iql.policy.act(iql.policy_params(state), (), env_obs, key, deterministic=True)
 
 ``transitions`` are flat ``[N]`` (``load_dataset``'s). Each gradient step fits V to an upper
 expectile of the target twin-Q on dataset actions, Q to ``r + gamma V(s')``, and the actor by
 behaviour cloning weighted with ``exp(temperature * (Q - V))``; no action outside the dataset
-is ever evaluated. Each ``update`` is ``eval_every`` such steps under one ``lax.scan``, then
-``eval_episodes`` vmapped greedy episodes. Defaults are the paper's locomotion settings (as in
-CORL and JAX-CORL): expectile 0.7, temperature 3.0, tau 0.005, Adam 3e-4 with a cosine-decayed
-actor learning rate, batch 256, 256x256 ReLU networks, no dropout, rewards scaled by
-``1000 / (max return - min return)`` over the dataset's episodes, observations normalised.
+is ever evaluated. One ``learn`` is one such step; one ``update`` is ``eval_every`` of them
+under one ``lax.scan``, then ``eval_episodes`` vmapped greedy episodes. The policy
+(``iql_policy``: the Gaussian's mean when deterministic, a sample otherwise) normalises
+observations and rescales actions to the env's bounds itself, so it exports without the
+dataset. Defaults are the paper's locomotion settings (as in CORL and JAX-CORL): expectile 0.7,
+temperature 3.0, tau 0.005, Adam 3e-4 with a cosine-decayed actor learning rate, batch 256,
+256x256 ReLU networks, no dropout, rewards scaled by ``1000 / (max return - min return)`` over
+the dataset's episodes, observations normalised.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import struct
 from flax.training.train_state import TrainState
 
 from agents import offline
+from agents.core import Agent, Policy, no_carry, policy_spec
 from agents.hparams import require, require_fields, static, sweepable
 from agents.networks import MLP, CriticEnsemble, dense
 from agents.replay import Transition
@@ -39,7 +43,7 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 class IQLConfig:
     """IQL settings; static fields fix shapes and loop lengths, the rest can be vmapped."""
 
-    total_steps: int = static(1_000_000)  # gradient steps (value, actor and critic each)
+    total_steps: int = static(1_000_000)  # gradient steps per run (value, actor, critic each)
     eval_every: int = static(5_000)  # gradient steps per `update` (one evaluation each)
     eval_episodes: int = static(10)  # 0: no evaluation
     batch_size: int = static(256)
@@ -96,6 +100,26 @@ class GaussianActor(nn.Module):
         return mean, jnp.clip(log_std, LOG_STD_MIN, LOG_STD_MAX)
 
 
+def gaussian(mean: jax.Array, log_std: jax.Array) -> distrax.Distribution:
+    """The actor's diagonal Gaussian over actions [..., action_dim]."""
+    return distrax.MultivariateNormalDiag(mean, jnp.exp(jnp.broadcast_to(log_std, mean.shape)))
+
+
+def iql_policy(units: dict[str, list[float]], hidden: tuple[int, ...]) -> Policy:
+    """IQL's Gaussian actor in the env's units (``units``: ``OfflineData.policy_units()``): env
+    obs [B, obs_dim] are normalised with the dataset's ``obs_mean``/``obs_std``; the action (the
+    mean when ``deterministic``, else a sample, clipped to [-1, 1]) is rescaled to
+    ``[action_low, action_high]``."""
+    normalize, to_env = offline.env_units(**units)
+    actor = GaussianActor(len(units["action_low"]), tuple(hidden))
+
+    def act(params, carry, env_obs, key, deterministic=False):
+        mean, log_std = actor.apply(params, normalize(env_obs))
+        return carry, to_env(mean if deterministic else gaussian(mean, log_std).sample(seed=key))
+
+    return Policy(act, no_carry, policy_spec(iql_policy, units=units, hidden=tuple(hidden)))
+
+
 class Value(nn.Module):
     """State value: obs [..., obs_dim] -> v [...]."""
 
@@ -122,18 +146,21 @@ def make_iql(
     env: Any,
     env_params: Any,
     ref_scores: tuple[float, float] | None = None,
-) -> offline.OfflineAgent:
-    """Build IQL's pure functions on ``transitions`` [N], evaluating in ``env``.
+) -> Agent:
+    """IQL on ``transitions`` [N] (checked against ``env``), evaluating in ``env``.
 
     ``ref_scores`` = (random, expert) returns adds a ``normalized_score`` metric.
     """
     config.validate()
+    offline.check_ref_scores(ref_scores)
+    transitions = offline.check_dataset(transitions, env, env_params)
     scale = offline.locomotion_reward_scale(transitions) if config.normalize_reward else 1.0
     data = offline.prepare(
         transitions, env, env_params, normalize_obs=config.normalize_obs, reward_scale=scale
     )
     dataset = data.transitions
     obs_dim, act_dim = dataset.obs.shape[1], dataset.action.shape[1]
+    policy = iql_policy(data.policy_units(), hidden=config.hidden)
     actor = GaussianActor(act_dim, config.hidden)
     value = Value(config.hidden)
     critic = CriticEnsemble(2, config.hidden, "relu")
@@ -161,7 +188,7 @@ def make_iql(
             key,
         )
 
-    def train_step(state: IQLState) -> tuple[IQLState, dict]:
+    def learn(state: IQLState) -> tuple[IQLState, dict]:
         key, k_batch = jax.random.split(state.key)
         batch = offline.sample(dataset, k_batch, config.batch_size)
         target_q = critic.apply(state.target_critic, batch.obs, batch.action).min(0)
@@ -179,9 +206,7 @@ def make_iql(
         weight = jnp.minimum(jnp.exp(config.temperature * advantage), config.max_weight)
 
         def actor_loss(params):
-            mean, log_std = actor.apply(params, batch.obs)
-            z = (batch.action - mean) / jnp.exp(log_std)
-            log_prob = (-0.5 * jnp.square(z) - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
+            log_prob = gaussian(*actor.apply(params, batch.obs)).log_prob(batch.action)
             return -(weight * log_prob).mean()
 
         a_loss, grads = jax.value_and_grad(actor_loss)(state.actor.params)
@@ -213,29 +238,16 @@ def make_iql(
         }
         return state, metrics
 
-    greedy = lambda params, obs: actor.apply(params, obs)[0]
-    evaluate = None
-    if config.eval_episodes > 0:
-        evaluate = offline.make_evaluator(
-            data, env, env_params, greedy, config.eval_episodes, ref_scores
-        )
-    update = offline.make_update(train_step, evaluate, lambda s: s.actor.params, config.eval_every)
-
-    def train(key: jax.Array) -> tuple[IQLState, dict]:
-        return jax.lax.scan(lambda s, _: update(s), init(key), None, config.num_updates)
-
-    def act(params: Any, obs: jax.Array) -> jax.Array:
-        return data.env_action(greedy(params, data.normalize_obs(obs)))
-
-    return offline.OfflineAgent(data, act, init, update, train, train_step)
-
-
-def make_train(
-    config: IQLConfig,
-    transitions: Transition,
-    env: Any,
-    env_params: Any,
-    ref_scores: tuple[float, float] | None = None,
-):
-    """``train(key) -> (IQLState, metrics)``: a whole IQL run as one pure function."""
-    return make_iql(config, transitions, env, env_params, ref_scores).train
+    return offline.make_agent(
+        policy,
+        init,
+        learn,
+        lambda state: state.actor.params,
+        learns_per_update=config.eval_every,
+        steps_per_update=config.eval_every,
+        num_updates=config.num_updates,
+        env=env,
+        env_params=env_params,
+        eval_episodes=config.eval_episodes,
+        ref_scores=ref_scores,
+    )

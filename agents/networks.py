@@ -134,8 +134,22 @@ class ResettableGRU(nn.Module):
         return jnp.zeros((batch_size, hidden_size), jnp.float32)
 
 
+def recurrent_torso(
+    carry: jax.Array,
+    obs: jax.Array,
+    resets: jax.Array,
+    embed: Sequence[int],
+    hidden_size: int,
+    activation: str,
+) -> tuple[jax.Array, jax.Array]:
+    """Embedding MLP -> resettable GRU, built in the calling module's scope (call it inside a
+    ``@nn.compact`` method). carry [B, H], obs [T, B, D], resets [T, B] -> (carry, x [T, B, H])."""
+    x = MLP(embed, activation)(obs)
+    return ResettableGRU(hidden_size)(carry, x, resets)
+
+
 class RecurrentActorCritic(nn.Module):
-    """Embedding MLP -> resettable GRU -> actor and critic MLP heads (shared memory)."""
+    """``recurrent_torso`` -> actor and critic MLP heads (shared memory)."""
 
     action_dim: int
     discrete: bool
@@ -149,8 +163,9 @@ class RecurrentActorCritic(nn.Module):
         self, carry: jax.Array, obs: jax.Array, resets: jax.Array
     ) -> tuple[jax.Array, distrax.Distribution, jax.Array]:
         # carry [B, H], obs [T, B, obs_dim], resets [T, B] -> carry, dist over [T, B], value [T, B]
-        x = MLP(self.embed, self.activation)(obs)
-        carry, x = ResettableGRU(self.hidden_size)(carry, x, resets)
+        carry, x = recurrent_torso(
+            carry, obs, resets, self.embed, self.hidden_size, self.activation
+        )
         pi = PolicyHead(self.action_dim, self.discrete)(MLP(self.head, self.activation)(x))
         value = dense(1, scale=1.0)(MLP(self.head, self.activation)(x))
         return carry, pi, value[..., 0]

@@ -1,13 +1,15 @@
-"""What every offline learner here shares: the dataset on device, batches, evaluation, the loop.
+"""What every offline learner here shares: the checked dataset on device, batches, the Agent.
 
     data = prepare(transitions, env, env_params, normalize_obs=True, reward_scale=1.0)
     batch = sample(data.transitions, key, 256)                   # Transition [256]
-    evaluate = make_evaluator(data, env, env_params, act, num_episodes=10, ref_scores=(lo, hi))
-    update = make_update(train_step, evaluate, steps_per_update)  # for run_chunked / lax.scan
+    units = data.policy_units()              # obs_mean, obs_std, action_low, action_high (lists)
+    agent = make_agent(policy, init, learn, lambda s: s.actor.params, learns_per_update, ...)
 
-``prepare`` normalises observations (mean/std of the dataset, as TD3+BC and CORL do), scales
-rewards and maps actions from the env's Box ``[low, high]`` to ``[-1, 1]``; learners work in
-these units and ``make_evaluator`` maps back when acting in the env.
+``prepare`` checks the dataset against the env (shapes, NaN/inf, action bounds) before anything
+compiles, normalises observations (``envs.wrappers.Normalizer`` fitted to the dataset, as TD3+BC
+and CORL do), scales rewards and maps actions from the env's Box ``[low, high]`` to ``[-1, 1]``.
+Learners train in these units; their policies (``td3_bc_policy``, ``iql_policy``) carry the
+same normalisation and ``env_action`` inside ``act``, so they act in the env's own units.
 """
 
 from __future__ import annotations
@@ -19,42 +21,153 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agents.evaluation import evaluate as evaluate_episodes
+from agents.core import Agent, Policy
+from agents.evaluation import evaluate
 from agents.hparams import require
 from agents.replay import Transition
-from agents.replay.datasets import episode_returns
+from agents.replay.datasets import episode_returns, normalized_score
 from envs.core import spaces
+from envs.wrappers import Normalizer
+
+__all__ = [
+    "ACTION_SLACK",
+    "OBS_STD_EPS",
+    "OfflineData",
+    "check_dataset",
+    "check_ref_scores",
+    "ensemble_member",
+    "env_action",
+    "env_units",
+    "locomotion_reward_scale",
+    "make_agent",
+    "prepare",
+    "sample",
+]
+
+OBS_STD_EPS = 1e-3  # added to the dataset's observation std (TD3+BC, CORL)
+# Dataset actions may overshoot the env's bounds by this fraction of half the range (float
+# rounding, generated data) and are clipped; further out they are in other units: an error.
+ACTION_SLACK = 0.5
+
+
+def env_action(action: jax.Array, low: jax.Array, high: jax.Array) -> jax.Array:
+    """``action`` [..., act_dim] in [-1, 1] (clipped there) as the env's ``[low, high]``."""
+    return low + 0.5 * (jnp.clip(action, -1.0, 1.0) + 1.0) * (high - low)
+
+
+def env_units(
+    obs_mean: list[float], obs_std: list[float], action_low: list[float], action_high: list[float]
+) -> tuple[Callable[[jax.Array], jax.Array], Callable[[jax.Array], jax.Array]]:
+    """``(normalize, to_env)`` for a policy: env obs [..., obs_dim] -> the learner's units, and
+    its actions [..., act_dim] in [-1, 1] -> the env's ``[action_low, action_high]``."""
+    obs = Normalizer(jnp.asarray(obs_mean, jnp.float32), jnp.asarray(obs_std, jnp.float32))
+    low, high = jnp.asarray(action_low, jnp.float32), jnp.asarray(action_high, jnp.float32)
+    return obs.normalize, lambda action: env_action(action, low, high)
 
 
 class OfflineData(NamedTuple):
-    """A dataset in the units a learner trains in, and the maps back to the env's units."""
+    """A dataset in the units a learner trains in, and what maps the env's units to them."""
 
     transitions: Transition  # [N] on device: normalised obs, scaled reward, actions in [-1, 1]
-    obs_mean: np.ndarray  # [obs_dim]
-    obs_std: np.ndarray  # [obs_dim]
+    obs: Normalizer  # the dataset's observation statistics ([obs_dim])
     action_low: np.ndarray  # [act_dim] the env's bounds
     action_high: np.ndarray  # [act_dim]
     reward_scale: float
 
-    def normalize_obs(self, obs: jax.Array) -> jax.Array:  # [..., obs_dim]
-        return (obs - self.obs_mean) / self.obs_std
+    def policy_units(self) -> dict[str, list[float]]:
+        """The keyword arguments a policy builder takes to act in the env's units (JSON)."""
+        return {
+            "obs_mean": np.asarray(self.obs.mean).tolist(),
+            "obs_std": np.asarray(self.obs.std).tolist(),
+            "action_low": self.action_low.tolist(),
+            "action_high": self.action_high.tolist(),
+        }
 
-    def env_action(self, action: jax.Array) -> jax.Array:  # [..., act_dim] in [-1, 1] -> env's
-        return self.action_low + 0.5 * (jnp.clip(action, -1.0, 1.0) + 1.0) * (
-            self.action_high - self.action_low
+
+def action_bounds(env: Any, env_params: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The env's flat Box action bounds ``(low, high)`` [act_dim] (float32)."""
+    act_space = env.action_space(env_params)
+    require(
+        isinstance(act_space, spaces.Box) and len(act_space.shape) == 1,
+        f"offline learners here need a flat continuous (Box) action space, got {act_space}",
+    )
+    act_dim = int(act_space.shape[0])
+    low = np.broadcast_to(np.asarray(act_space.low, np.float32), (act_dim,)).copy()
+    high = np.broadcast_to(np.asarray(act_space.high, np.float32), (act_dim,)).copy()
+    require(
+        bool(np.isfinite(low).all() and np.isfinite(high).all() and (low < high).all()),
+        f"the action space's bounds must be finite with low < high; got {low}, {high}",
+    )
+    return low, high
+
+
+def check_dataset(transitions: Transition, env: Any, env_params: Any) -> Transition:
+    """``transitions`` [N] as host float32 arrays, after checking them against ``env``.
+
+    Raises a ValueError naming the field for: shapes that do not fit the env's spaces or each
+    other, an empty dataset, NaN/inf, and actions outside the env's bounds by more than
+    ``ACTION_SLACK`` of half their range (data in other units).
+    """
+    low, high = action_bounds(env, env_params)
+    obs_shape = tuple(env.observation_space(env_params).shape)
+    data = Transition(
+        *(np.asarray(x, bool if f in ("terminated", "truncated") else np.float32)
+          for f, x in zip(Transition._fields, transitions))
+    )  # fmt: skip
+    n = data.reward.shape[0] if data.reward.ndim == 1 else -1
+    require(
+        data.reward.ndim == 1 and n > 0,
+        f"dataset rewards have shape {data.reward.shape}; offline learners take flat, non-empty "
+        "[N] transitions (load_dataset's; flatten [T, E] ones first)",
+    )
+    expected = {
+        "obs": (n, *obs_shape),
+        "action": (n, low.size),
+        "reward": (n,),
+        "next_obs": (n, *obs_shape),
+        "terminated": (n,),
+        "truncated": (n,),
+    }
+    for field, shape in expected.items():
+        got = getattr(data, field).shape
+        require(
+            got == shape,
+            f"dataset {field} has shape {got}, expected {shape} (the env observes {obs_shape} "
+            f"and takes [{low.size}] actions); load the dataset made for this env",
         )
+    for field in ("obs", "action", "reward", "next_obs"):
+        x = getattr(data, field)
+        bad = ~np.isfinite(x.reshape(n, -1)).all(1)
+        require(
+            not bad.any(),
+            f"dataset {field} holds NaN or inf in {int(bad.sum())} transition(s) (first at index "
+            f"{int(np.argmax(bad))}); drop or fix those transitions",
+        )
+    slack = ACTION_SLACK * 0.5 * (high - low)
+    outside = (data.action < low - slack) | (data.action > high + slack)
+    require(
+        not outside.any(),
+        f"{int(outside.any(1).sum())} dataset action(s) lie far outside the env's bounds "
+        f"[{low.tolist()}, {high.tolist()}] (range {data.action.min(0).tolist()} to "
+        f"{data.action.max(0).tolist()}); store actions in the env's units, or clip them",
+    )
+    return data
 
 
-class OfflineAgent(NamedTuple):
-    """An offline learner's pure functions (TD3+BC, IQL); ``State`` is the learner's own."""
-
-    data: OfflineData  # the dataset in training units, with the maps back to the env's
-    act: Any  # (actor params, env obs [B, obs_dim]) -> env action [B, act_dim] (greedy)
-    init: Any  # key -> State
-    update: Any  # State -> (State, metrics): eval_every gradient steps + one evaluation
-    train: Any  # key -> (State, metrics [num_updates])
-    train_step: Any  # State -> (State, metrics): one step (TD3+BC: policy_freq critic
-    # steps and one actor step)
+def check_ref_scores(ref_scores: tuple[float, float] | None) -> None:
+    """Raise a ValueError unless ``ref_scores`` is None or finite ``(random, expert)`` returns
+    with expert > random (what ``normalized_score`` divides by)."""
+    if ref_scores is None:
+        return
+    try:
+        lo, hi = (float(x) for x in ref_scores)
+    except (TypeError, ValueError):
+        lo, hi = np.nan, np.nan
+    require(
+        bool(np.isfinite([lo, hi]).all()) and hi > lo,
+        f"ref_scores={ref_scores!r} must be finite (random, expert) returns with expert > "
+        "random, or None (no normalized_score metric)",
+    )
 
 
 def locomotion_reward_scale(transitions: Transition, target: float = 1000.0) -> float:
@@ -75,53 +188,23 @@ def prepare(
     *,
     normalize_obs: bool = True,
     reward_scale: float = 1.0,
-    std_eps: float = 1e-3,
 ) -> OfflineData:
-    """Flat ``[N]`` transitions (``load_dataset``'s) -> ``OfflineData`` on device for ``env``."""
-    obs_space, act_space = env.observation_space(env_params), env.action_space(env_params)
-    require(
-        isinstance(act_space, spaces.Box) and len(act_space.shape) == 1,
-        f"offline learners here need a flat continuous (Box) action space, got {act_space}",
-    )
-    act_dim = int(act_space.shape[0])
-    low = np.broadcast_to(np.asarray(act_space.low, np.float32), (act_dim,))
-    high = np.broadcast_to(np.asarray(act_space.high, np.float32), (act_dim,))
-    require(
-        bool(np.isfinite(low).all() and np.isfinite(high).all() and (low < high).all()),
-        f"the action space's bounds must be finite with low < high; got {low}, {high}",
-    )
-    obs = np.asarray(transitions.obs, np.float32)
-    action = np.asarray(transitions.action, np.float32)
-    require(
-        obs.ndim == 2 and obs.shape[1:] == tuple(obs_space.shape),
-        f"dataset observations have shape {obs.shape}, the env observes {obs_space.shape}; "
-        "load the dataset made for this env",
-    )
-    require(
-        action.shape == (obs.shape[0], act_dim),
-        f"dataset actions have shape {action.shape}, the env takes [{act_dim}]",
-    )
-    require(obs.shape[0] > 0, "the dataset is empty")
+    """Flat ``[N]`` transitions (``load_dataset``'s) -> checked ``OfflineData`` on device."""
+    data = check_dataset(transitions, env, env_params)
+    low, high = action_bounds(env, env_params)
     if normalize_obs:
-        mean, std = obs.mean(0), obs.std(0) + std_eps
+        obs = Normalizer.fit(data.obs, eps=OBS_STD_EPS)
     else:
-        mean, std = np.zeros(obs.shape[1], np.float32), np.ones(obs.shape[1], np.float32)
+        obs = Normalizer.identity(data.obs.shape[1:])
     scaled = Transition(
-        obs=(obs - mean) / std,
-        action=np.clip(2.0 * (action - low) / (high - low) - 1.0, -1.0, 1.0),
-        reward=np.asarray(transitions.reward, np.float32) * reward_scale,
-        next_obs=(np.asarray(transitions.next_obs, np.float32) - mean) / std,
-        terminated=np.asarray(transitions.terminated, bool),
-        truncated=np.asarray(transitions.truncated, bool),
+        obs=obs.normalize(jnp.asarray(data.obs)),
+        action=jnp.asarray(np.clip(2.0 * (data.action - low) / (high - low) - 1.0, -1.0, 1.0)),
+        reward=jnp.asarray(data.reward * reward_scale),
+        next_obs=obs.normalize(jnp.asarray(data.next_obs)),
+        terminated=jnp.asarray(data.terminated),
+        truncated=jnp.asarray(data.truncated),
     )
-    return OfflineData(
-        jax.tree.map(lambda x: jnp.asarray(x), scaled),
-        mean.astype(np.float32),
-        std.astype(np.float32),
-        low,
-        high,
-        float(reward_scale),
-    )
+    return OfflineData(scaled, obs, low, high, float(reward_scale))
 
 
 def sample(transitions: Transition, key: jax.Array, batch_size: int) -> Transition:
@@ -136,58 +219,46 @@ def ensemble_member(params: Any, i: int) -> Any:
     return {"params": jax.tree.map(lambda x: x[i], inner)}
 
 
-# act(params, obs [B, obs_dim] normalised) -> action [B, act_dim] in [-1, 1]
-ActFn = Callable[[Any, jax.Array], jax.Array]
-
-
-def make_evaluator(
-    data: OfflineData,
+def make_agent(
+    policy: Policy,
+    init: Callable[[jax.Array], Any],
+    learn: Callable[[Any], tuple[Any, dict]],
+    policy_params: Callable[[Any], Any],
+    learns_per_update: int,
+    steps_per_update: int,
+    num_updates: int,
     env: Any,
     env_params: Any,
-    act: ActFn,
-    num_episodes: int,
+    eval_episodes: int,
     ref_scores: tuple[float, float] | None = None,
-) -> Callable[[Any, jax.Array], dict[str, jax.Array]]:
-    """``evaluate(params, key) -> metrics``: ``num_episodes`` vmapped env episodes.
+) -> Agent:
+    """The ``Agent`` of an offline learner whose state is a NamedTuple with a ``key``.
 
-    Metrics: ``return`` (mean undiscounted return) and, given ``(random, expert)`` reference
-    returns, ``normalized_score`` (D4RL's ``100 * (R - random) / (expert - random)``).
-    """
-
-    def evaluate(params: Any, key: jax.Array) -> dict[str, jax.Array]:
-        def policy(carry, obs, resets, key):
-            return carry, data.env_action(act(params, data.normalize_obs(obs)))
-
-        carry = jnp.zeros((num_episodes, 0))
-        out = evaluate_episodes(key, env, env_params, policy, carry)
-        metrics = {"return": out["return"].mean()}
-        if ref_scores is not None:
-            lo, hi = ref_scores
-            metrics["normalized_score"] = 100.0 * (metrics["return"] - lo) / (hi - lo)
-        return metrics
-
-    return evaluate
-
-
-def make_update(
-    train_step: Callable[[Any], tuple[Any, dict]],
-    evaluate: Callable[[Any, jax.Array], dict] | None,
-    get_params: Callable[[Any], Any],
-    steps_per_update: int,
-) -> Callable[[Any], tuple[Any, dict]]:
-    """``update(state)``: ``steps_per_update`` scanned ``train_step``s, then one evaluation.
-
-    The learner state must be a NamedTuple with a ``key`` field. Metrics are the means of the
-    step metrics plus the evaluation's (``return``, ``normalized_score``) when ``evaluate``.
+    ``update`` is ``learns_per_update`` scanned ``learn``s (their metrics averaged), then, when
+    ``eval_episodes > 0``, one greedy evaluation of ``policy`` in ``env``: ``return`` (mean
+    undiscounted return) and, given ``(random, expert)`` ``ref_scores``, ``normalized_score``.
     """
 
     def update(state: Any) -> tuple[Any, dict]:
-        state, stats = jax.lax.scan(lambda s, _: train_step(s), state, None, steps_per_update)
+        state, stats = jax.lax.scan(lambda s, _: learn(s), state, None, learns_per_update)
         metrics = {k: v.mean() for k, v in stats.items()}
-        if evaluate is not None:
+        if eval_episodes > 0:
             key, k_eval = jax.random.split(state.key)
-            metrics.update(evaluate(get_params(state), k_eval))
+            params = policy_params(state)
+            returns = evaluate(k_eval, env, env_params, policy, params, eval_episodes)["return"]
+            metrics["return"] = returns.mean()
+            if ref_scores is not None:
+                metrics["normalized_score"] = normalized_score(None, metrics["return"], *ref_scores)
             state = state._replace(key=key)
         return state, metrics
 
-    return update
+    return Agent(
+        policy,
+        init,
+        learn,
+        update,
+        policy_params,
+        num_updates=num_updates,
+        steps_per_update=steps_per_update,
+        step_unit="gradient steps",
+    )

@@ -1,13 +1,14 @@
 """Proximal Policy Optimisation, feed-forward or recurrent (GRU), as one pure training function.
 
-    train = make_train(config, env, env_params)
-    runner_state, metrics = jax.jit(train)(key)                       # one run
-    runner_state, metrics = jax.jit(jax.vmap(train))(keys)            # many seeds at once
-    jax.vmap(lambda c, k: make_train(c, env, env_params)(k))(stack_configs(cfgs), keys)  # sweep
+    ppo = make_ppo(config, env, env_params)                           # an agents.core.Agent
+    runner_state, metrics = jax.jit(ppo.train)(key)                   # one run
+    runner_state, metrics = jax.jit(jax.vmap(ppo.train))(keys)        # many seeds at once
+    jax.vmap(lambda c, k: make_ppo(c, env, env_params).train(k))(stack_configs(cfgs), keys)
 
-The whole loop is nested ``lax.scan``s: updates > (rollout steps, epochs > minibatches).
-``make_ppo`` also exposes ``init`` and a single ``update`` so that runners can execute the
-same computation in chunks (for progress, checkpoints and resumption).
+The whole loop is nested ``lax.scan``s: updates > (rollout steps, epochs > minibatches). One
+``learn`` (= one ``update``, one metrics line) is a rollout of ``num_steps`` steps in
+``num_envs`` envs and its epochs of minibatch steps; runners execute ``update`` in chunks (for
+progress, checkpoints and resumption).
 """
 
 from __future__ import annotations
@@ -21,13 +22,12 @@ import optax
 from flax import struct
 from flax.training.train_state import TrainState
 
-from agents.checkpoint import load_policy as checkpoint_load_policy
-from agents.checkpoint import save_policy
+from agents.core import Agent, Policy, no_carry, policy_spec
 from agents.gae import gae
-from agents.hparams import from_dict, require, static, sweepable, to_dict
+from agents.hparams import require, require_fields, static, sweepable
 from agents.networks import ActorCritic, RecurrentActorCritic, activation_fn
-from envs.core import is_concrete, spaces
-from envs.wrappers import EpisodeStats
+from envs.core import spaces
+from envs.wrappers import EpisodeStats, episode_metrics
 
 
 @struct.dataclass
@@ -36,7 +36,7 @@ class PPOConfig:
 
     num_envs: int = static(4)
     num_steps: int = static(128)
-    total_timesteps: int = static(500_000)
+    total_steps: int = static(500_000)  # env steps over all envs
     update_epochs: int = static(4)
     num_minibatches: int = static(4)
     hidden: tuple[int, ...] = static((64, 64))  # MLP torsos (feed-forward) / heads (recurrent)
@@ -59,7 +59,7 @@ class PPOConfig:
 
     @property
     def num_updates(self) -> int:
-        return self.total_timesteps // self.batch_size
+        return self.total_steps // self.batch_size
 
     def validate(self) -> None:
         """Raise a ValueError naming the first invalid setting."""
@@ -67,8 +67,8 @@ class PPOConfig:
             require(getattr(self, name) >= 1, f"PPOConfig.{name} must be >= 1")
         require(
             self.num_updates >= 1,
-            f"total_timesteps={self.total_timesteps} is smaller than one rollout batch "
-            f"(num_envs * num_steps = {self.batch_size}); raise total_timesteps",
+            f"total_steps={self.total_steps} is smaller than one rollout batch "
+            f"(num_envs * num_steps = {self.batch_size}); raise total_steps",
         )
         if self.recurrent:
             require(
@@ -83,67 +83,63 @@ class PPOConfig:
                 f"num_minibatches={self.num_minibatches}; choose a divisor",
             )
         activation_fn(self.activation)
-        checks = {
-            "lr": lambda v: v > 0,
-            "gamma": lambda v: 0 < v <= 1,
-            "gae_lambda": lambda v: 0 <= v <= 1,
-            "clip_eps": lambda v: v > 0,
-            "ent_coef": lambda v: v >= 0,
-            "vf_coef": lambda v: v >= 0,
-            "max_grad_norm": lambda v: v > 0,
-        }
-        ranges = {"gamma": "in (0, 1]", "gae_lambda": "in [0, 1]", "ent_coef": ">= 0"}
-        for name, ok in checks.items():
-            v = getattr(self, name)
-            if is_concrete(v):
-                require(
-                    bool(np.all(ok(np.asarray(v)))),  # numpy: also valid under jit
-                    f"PPOConfig.{name}={v} is invalid; it must be {ranges.get(name, '> 0')}",
-                )
-
-
-class Policy(NamedTuple):
-    """Inference-only view of a PPO agent: ``act`` plus how to start its memory."""
-
-    network: Any
-    discrete: bool
-    memory_size: int  # 0 for feed-forward agents
-
-    def initial_carry(self, batch_size: int) -> jax.Array:  # [B, memory_size]
-        return jnp.zeros((batch_size, self.memory_size), jnp.float32)
-
-    def apply(self, params, carry, obs, resets):
-        """carry [B, H], obs [T, B, D], resets [T, B] -> (carry, dist over [T, B], value [T, B])."""
-        if self.memory_size == 0:
-            pi, value = self.network.apply(params, obs)
-            return carry, pi, value
-        return self.network.apply(params, carry, obs, resets)
-
-    def act(
-        self,
-        params: Any,
-        carry: jax.Array,
-        obs: jax.Array,
-        resets: jax.Array,
-        key: jax.Array,
-        deterministic: bool = False,
-    ) -> tuple[jax.Array, jax.Array]:
-        """One action per env. carry [B, H], obs [B, D], resets [B] -> (carry, action [B, ...])."""
-        carry, pi, _ = self.apply(params, carry, obs[None], resets[None])
-        action = pi.mode() if deterministic else pi.sample(seed=key)
-        return carry, action[0]
-
-
-def make_policy(config: PPOConfig, action_space: spaces.Space) -> Policy:
-    """The actor-critic network that ``config`` describes for ``action_space``."""
-    discrete = isinstance(action_space, spaces.Discrete)
-    action_dim = action_space.n if discrete else int(jnp.prod(jnp.array(action_space.shape)))
-    if config.recurrent:
-        net = RecurrentActorCritic(
-            action_dim, discrete, config.embed, config.gru_hidden, config.hidden, config.activation
+        require_fields(
+            self,
+            {
+                "lr": (lambda v: v > 0, "> 0"),
+                "gamma": (lambda v: (v > 0) & (v <= 1), "in (0, 1]"),
+                "gae_lambda": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
+                "clip_eps": (lambda v: v > 0, "> 0"),
+                "ent_coef": (lambda v: v >= 0, ">= 0"),
+                "vf_coef": (lambda v: v >= 0, ">= 0"),
+                "max_grad_norm": (lambda v: v > 0, "> 0"),
+            },
         )
-        return Policy(net, discrete, config.gru_hidden)
-    return Policy(ActorCritic(action_dim, discrete, config.hidden, config.activation), discrete, 0)
+
+
+def _network(action_dim, discrete, hidden, activation, recurrent, embed, gru_hidden):
+    if recurrent:
+        return RecurrentActorCritic(action_dim, discrete, embed, gru_hidden, hidden, activation)
+    return ActorCritic(action_dim, discrete, hidden, activation)
+
+
+def ppo_policy(
+    action_dim: int,
+    discrete: bool,
+    hidden: tuple[int, ...],
+    activation: str,
+    recurrent: bool,
+    embed: tuple[int, ...],
+    gru_hidden: int,
+) -> Policy:
+    """The actor of a PPO actor-critic: samples (or takes the mode of) its action distribution;
+    a recurrent one carries its GRU memory [B, gru_hidden]."""
+    hidden, embed = tuple(hidden), tuple(embed)
+    network = _network(action_dim, discrete, hidden, activation, recurrent, embed, gru_hidden)
+
+    def act(params, carry, obs, key, deterministic=False):
+        if recurrent:
+            no_reset = jnp.zeros((1, obs.shape[0]), bool)
+            carry, pi, _ = network.apply(params, carry, obs[None], no_reset)
+            action = pi.mode() if deterministic else pi.sample(seed=key)
+            return carry, action[0]
+        pi, _ = network.apply(params, obs)
+        return carry, pi.mode() if deterministic else pi.sample(seed=key)
+
+    def initial_carry(batch_size: int):
+        return jnp.zeros((batch_size, gru_hidden), jnp.float32) if recurrent else ()
+
+    spec = policy_spec(
+        ppo_policy,
+        action_dim=action_dim,
+        discrete=discrete,
+        hidden=hidden,
+        activation=activation,
+        recurrent=recurrent,
+        embed=embed,
+        gru_hidden=gru_hidden,
+    )
+    return Policy(act, initial_carry if recurrent else no_carry, spec)
 
 
 class RunnerState(NamedTuple):
@@ -157,7 +153,9 @@ class RunnerState(NamedTuple):
     key: jax.Array
 
 
-class Transition(NamedTuple):
+class Rollout(NamedTuple):
+    """One rollout step of every env: what the PPO loss and GAE need. Leaves [T, B, ...]."""
+
     obs: jax.Array
     resets: jax.Array
     action: jax.Array
@@ -171,21 +169,31 @@ class Transition(NamedTuple):
     info: dict
 
 
-class PPO(NamedTuple):
-    policy: Policy
-    init: Any  # key -> RunnerState
-    update: Any  # RunnerState -> (RunnerState, metrics)
-    train: Any  # key -> (RunnerState, metrics [num_updates])
-
-
-def make_ppo(config: PPOConfig, env: Any, env_params: Any) -> PPO:
-    """Build PPO's pure functions for ``env`` (any gymnax-1.x environment)."""
+def make_ppo(config: PPOConfig, env: Any, env_params: Any) -> Agent:
+    """PPO on ``env`` (any gymnax-1.x environment) as an ``agents.core.Agent``."""
     config.validate()
     env = EpisodeStats(env)
     obs_dim = env.observation_space(env_params).shape
     require(len(obs_dim) == 1, f"PPO expects flat observations, got shape {obs_dim}")
-    policy = make_policy(config, env.action_space(env_params))
+    action_space = env.action_space(env_params)
+    discrete = isinstance(action_space, spaces.Discrete)
+    action_dim = int(action_space.n) if discrete else int(np.prod(action_space.shape))
+    net_args = (config.hidden, config.activation, config.recurrent, config.embed, config.gru_hidden)
+    policy = ppo_policy(action_dim, discrete, *net_args)
+    network = _network(action_dim, discrete, *net_args)
+    memory = config.gru_hidden if config.recurrent else 0
     num_envs, num_steps = config.num_envs, config.num_steps
+
+    def apply(params, carry, obs, resets):
+        """carry [B, H], obs [T, B, D], resets [T, B] -> (carry, dist over [T, B], value [T, B])."""
+        if not config.recurrent:
+            pi, value = network.apply(params, obs)
+            return carry, pi, value
+        return network.apply(params, carry, obs, resets)
+
+    def initial_memory(batch_size: int) -> jax.Array:  # [B, H]; H = 0 when feed-forward
+        return jnp.zeros((batch_size, memory), jnp.float32)
+
     vmap_reset = jax.vmap(env.reset, in_axes=(0, None))
     vmap_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
@@ -201,19 +209,19 @@ def make_ppo(config: PPOConfig, env: Any, env_params: Any) -> PPO:
     def init(key: jax.Array) -> RunnerState:
         key, k_net, k_env = jax.random.split(key, 3)
         obs, env_state = vmap_reset(jax.random.split(k_env, num_envs), env_params)
-        carry = policy.initial_carry(num_envs)
+        carry = initial_memory(num_envs)
         resets = jnp.ones((num_envs,), bool)
         if config.recurrent:
-            params = policy.network.init(k_net, carry, obs[None], resets[None])
+            params = network.init(k_net, carry, obs[None], resets[None])
         else:
-            params = policy.network.init(k_net, obs)
-        ts = TrainState.create(apply_fn=policy.network.apply, params=params, tx=make_optimizer())
+            params = network.init(k_net, obs)
+        ts = TrainState.create(apply_fn=network.apply, params=params, tx=make_optimizer())
         return RunnerState(ts, env_state, obs, resets, carry, key)
 
-    def env_step(rs: RunnerState, _) -> tuple[RunnerState, Transition]:
+    def env_step(rs: RunnerState, _) -> tuple[RunnerState, Rollout]:
         key, k_act, k_env = jax.random.split(rs.key, 3)
         params = rs.train_state.params
-        carry, pi, value = policy.apply(params, rs.carry, rs.obs[None], rs.resets[None])
+        carry, pi, value = apply(params, rs.carry, rs.obs[None], rs.resets[None])
         action = pi.sample(seed=k_act)
         log_prob, action, value = pi.log_prob(action)[0], action[0], value[0]
         obs, env_state, reward, term, trunc, info = vmap_step(
@@ -225,9 +233,9 @@ def make_ppo(config: PPOConfig, env: Any, env_params: Any) -> PPO:
         next_value = jnp.zeros_like(value)
         if config.recurrent:
             no_reset = jnp.zeros_like(rs.resets)[None]
-            _, _, next_value = policy.apply(params, carry, final_obs[None], no_reset)
+            _, _, next_value = apply(params, carry, final_obs[None], no_reset)
             next_value = next_value[0]
-        transition = Transition(
+        transition = Rollout(
             rs.obs,
             rs.resets,
             action,
@@ -243,8 +251,8 @@ def make_ppo(config: PPOConfig, env: Any, env_params: Any) -> PPO:
         done = jnp.logical_or(term, trunc)
         return RunnerState(rs.train_state, env_state, obs, done, carry, key), transition
 
-    def loss_fn(params, init_carry, batch: Transition, advantages, targets):
-        _, pi, value = policy.apply(params, init_carry, batch.obs, batch.resets)
+    def loss_fn(params, init_carry, batch: Rollout, advantages, targets):
+        _, pi, value = apply(params, init_carry, batch.obs, batch.resets)
         log_prob = pi.log_prob(batch.action)
         value_clipped = batch.value + jnp.clip(
             value - batch.value, -config.clip_eps, config.clip_eps
@@ -269,12 +277,12 @@ def make_ppo(config: PPOConfig, env: Any, env_params: Any) -> PPO:
         }
         return total, stats
 
-    def update(rs: RunnerState) -> tuple[RunnerState, dict]:
+    def learn(rs: RunnerState) -> tuple[RunnerState, dict]:
         init_carry = rs.carry
         rs, traj = jax.lax.scan(env_step, rs, None, num_steps)  # traj: [T, B, ...]
         if not config.recurrent:
             params = rs.train_state.params
-            _, _, next_value = policy.apply(params, rs.carry, traj.next_obs, traj.resets)
+            _, _, next_value = apply(params, rs.carry, traj.next_obs, traj.resets)
             traj = traj._replace(next_value=next_value)
         advantages, targets = gae(
             traj.reward,
@@ -288,7 +296,7 @@ def make_ppo(config: PPOConfig, env: Any, env_params: Any) -> PPO:
         data = (traj._replace(info={}, next_obs=None), advantages, targets)
         if not config.recurrent:  # feed-forward: every sample is a length-1 sequence
             data = jax.tree.map(lambda x: x.reshape((1, -1) + x.shape[2:]), data)
-            init_carry = policy.initial_carry(config.batch_size)
+            init_carry = initial_memory(config.batch_size)
 
         def epoch(carry, _):
             ts, key = carry
@@ -314,58 +322,15 @@ def make_ppo(config: PPOConfig, env: Any, env_params: Any) -> PPO:
 
         key, k_epochs = jax.random.split(rs.key)
         (ts, _), stats = jax.lax.scan(epoch, (rs.train_state, k_epochs), None, config.update_epochs)
-        finished = traj.info["returned_episode"]
-        num_finished = finished.sum()
-        metrics = {k: v.mean() for k, v in stats.items()}
-        metrics["episodes"] = num_finished
-        # Mean over episodes that ended in this rollout; NaN when none did.
-        metrics["return"] = jnp.where(
-            num_finished > 0,
-            (traj.info["returned_episode_returns"] * finished).sum() / jnp.maximum(num_finished, 1),
-            jnp.nan,
-        )
-        metrics["length"] = jnp.where(
-            num_finished > 0,
-            (traj.info["returned_episode_lengths"] * finished).sum() / jnp.maximum(num_finished, 1),
-            jnp.nan,
-        )
+        metrics = {k: v.mean() for k, v in stats.items()} | episode_metrics(traj.info)
         return rs._replace(train_state=ts, key=key), metrics
 
-    def train(key: jax.Array) -> tuple[RunnerState, dict]:
-        return jax.lax.scan(lambda rs, _: update(rs), init(key), None, config.num_updates)
-
-    return PPO(policy, init, update, train)
-
-
-def make_train(config: PPOConfig, env: Any, env_params: Any):
-    """``train(key) -> (RunnerState, metrics)``: a whole PPO run as one pure function."""
-    return make_ppo(config, env, env_params).train
-
-
-def export_policy(
-    directory: Any, config: PPOConfig, action_space: spaces.Space, params: Any, **metadata: Any
-) -> None:
-    """Save ``params`` with what ``load_policy`` needs to act without the trainer or the env."""
-    if isinstance(action_space, spaces.Discrete):
-        space = {"discrete": True, "n": int(action_space.n)}
-    else:
-        space = {"discrete": False, "shape": list(action_space.shape)}
-    save_policy(
-        directory,
-        params,
-        {"agent": "ppo", "ppo": to_dict(config), "action_space": space, **metadata},
+    return Agent(
+        policy,
+        init,
+        learn,
+        learn,
+        lambda rs: rs.train_state.params,
+        num_updates=config.num_updates,
+        steps_per_update=config.batch_size,
     )
-
-
-def load_policy(directory: Any) -> tuple[Policy, Any, dict]:
-    """``(policy, params, metadata)`` from ``export_policy``; act with ``policy.act``."""
-    params, meta = checkpoint_load_policy(directory)
-    if meta.get("agent") != "ppo":
-        raise ValueError(f"{directory} holds a {meta.get('agent')!r} policy, not a PPO one")
-    space = meta["action_space"]
-    action_space = (
-        spaces.Discrete(space["n"])
-        if space["discrete"]
-        else spaces.Box(-jnp.inf, jnp.inf, tuple(space["shape"]))
-    )
-    return make_policy(from_dict(PPOConfig, meta["ppo"]), action_space), params, meta

@@ -1,18 +1,18 @@
 """Soft Actor-Critic (twin critics, automatic temperature) with an on-device replay buffer.
 
-    train = make_train(config, env, env_params)
-    state, metrics = jax.jit(train)(key)                              # one run
-    state, metrics = jax.jit(jax.vmap(train))(keys)                   # many seeds at once
+    sac = make_sac(config, env, env_params)                           # an agents.core.Agent
+    state, metrics = jax.jit(sac.train)(key)                          # one run
+    state, metrics = jax.jit(jax.vmap(sac.train))(keys)               # many seeds at once
+    sac = make_sac(config, env, env_params, sample_batch=my_batches)  # e.g. online SynthER
 
-``init`` fills the replay buffer with ``learning_starts`` uniformly random transitions. Each
-``update`` then takes ``num_steps`` vectorised environment steps with the stochastic policy,
-each followed by ``utd * num_envs`` gradient steps (a ``lax.scan``) on uniformly sampled
-batches; ``train`` scans ``update``. Targets bootstrap from the pre-reset observation
+``init`` fills the replay buffer with ``learning_starts`` uniformly random transitions. One
+``learn`` is one vectorised environment step with the stochastic policy, appended to the
+buffer, then ``utd * num_envs`` gradient steps (a ``lax.scan``) on batches from
+``sample_batch(state, key)`` (default: uniform from the buffer); ``update`` is ``num_steps``
+learns, one metrics line. Targets bootstrap from the pre-reset observation
 (``info["final_observation"]``) and stop only at termination, never at truncation.
-
-For other learners ``make_sac`` also exposes its pieces: ``collect`` (one environment step
-appended to the buffer), ``sample`` (a batch from the buffer) and ``learn`` (one gradient step
-on a given batch), so real and synthetic batches can be mixed without copying SAC's losses.
+``SACState.aux`` is free for a ``sample_batch`` hook's own data (online SynthER keeps its
+synthetic buffer there), so other learners reuse this env loop instead of copying it.
 
 The buffer is flashbax's item buffer: ``benchmarks/sac_throughput.py`` times one add plus one
 256-sample draw at 0.7-1.8x the speed of a plain ``jnp`` ring buffer over four runs (machine
@@ -22,8 +22,10 @@ noise), about 0.1 ms either way, under 2% of a gradient step: our own would buy 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import distrax
 import flashbax as fbx
 import flax.linen as nn
 import jax
@@ -33,13 +35,23 @@ import optax
 from flax import struct
 from flax.training.train_state import TrainState
 
-from agents.checkpoint import load_policy as checkpoint_load_policy
-from agents.checkpoint import save_policy
-from agents.hparams import from_dict, require, require_fields, static, sweepable, to_dict
+from agents.core import Agent, Policy, no_carry, policy_spec
+from agents.hparams import require, require_fields, static, sweepable
 from agents.networks import MLP, CriticEnsemble, activation_fn, dense
 from agents.replay import Transition
 from envs.core import spaces
-from envs.wrappers import EpisodeStats
+from envs.wrappers import EpisodeStats, episode_metrics
+
+__all__ = [
+    "SACConfig",
+    "SACState",
+    "SquashedGaussianActor",
+    "make_sac",
+    "replay_contents",
+    "replay_sample",
+    "sac_policy",
+    "squashed_gaussian",
+]
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -50,7 +62,7 @@ class SACConfig:
 
     num_envs: int = static(1)
     num_steps: int = static(1000)  # vector env steps per `update` (one metrics line)
-    total_timesteps: int = static(1_000_000)  # env steps over all envs, learning_starts included
+    total_steps: int = static(1_000_000)  # env steps over all envs, learning_starts included
     learning_starts: int = static(5_000)  # uniformly random env steps that fill the buffer first
     utd: int = static(1)  # gradient steps per environment step (update-to-data ratio)
     batch_size: int = static(256)
@@ -72,7 +84,7 @@ class SACConfig:
 
     @property
     def num_updates(self) -> int:
-        return (self.total_timesteps - self.learning_starts) // self.steps_per_update
+        return (self.total_steps - self.learning_starts) // self.steps_per_update
 
     def validate(self) -> None:
         """Raise a ValueError naming the first invalid setting."""
@@ -96,21 +108,23 @@ class SACConfig:
         )
         require(
             self.num_updates >= 1,
-            f"total_timesteps={self.total_timesteps} leaves no room for one update after "
+            f"total_steps={self.total_steps} leaves no room for one update after "
             f"learning_starts={self.learning_starts} (an update is num_envs * num_steps = "
-            f"{self.steps_per_update} env steps); raise total_timesteps",
+            f"{self.steps_per_update} env steps); raise total_steps",
         )
         activation_fn(self.activation)
-        checks = {
-            "actor_lr": (lambda v: v > 0, "> 0"),
-            "critic_lr": (lambda v: v > 0, "> 0"),
-            "alpha_lr": (lambda v: v >= 0, ">= 0 (0 keeps the temperature fixed)"),
-            "gamma": (lambda v: (v > 0) & (v <= 1), "in (0, 1]"),
-            "tau": (lambda v: (v > 0) & (v <= 1), "in (0, 1]"),
-            "init_alpha": (lambda v: v > 0, "> 0"),
-            "target_entropy_scale": (lambda v: jnp.isfinite(v), "finite"),
-        }
-        require_fields(self, checks)
+        require_fields(
+            self,
+            {
+                "actor_lr": (lambda v: v > 0, "> 0"),
+                "critic_lr": (lambda v: v > 0, "> 0"),
+                "alpha_lr": (lambda v: v >= 0, ">= 0 (0 keeps the temperature fixed)"),
+                "gamma": (lambda v: (v > 0) & (v <= 1), "in (0, 1]"),
+                "tau": (lambda v: (v > 0) & (v <= 1), "in (0, 1]"),
+                "init_alpha": (lambda v: v > 0, "> 0"),
+                "target_entropy_scale": (lambda v: np.isfinite(v), "finite"),
+            },
+        )
 
 
 class SquashedGaussianActor(nn.Module):
@@ -129,51 +143,53 @@ class SquashedGaussianActor(nn.Module):
         return mean, LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
 
 
-class Policy(NamedTuple):
-    """Inference view of a SAC actor; actions lie within the env's bounds ``[low, high]``."""
-
-    network: SquashedGaussianActor
-    low: np.ndarray  # [act_dim]
-    high: np.ndarray  # [act_dim]
-
-    def _rescale(self, squashed: jax.Array) -> jax.Array:  # (-1, 1) -> (low, high)
-        return self.low + 0.5 * (squashed + 1.0) * (self.high - self.low)
-
-    def sample(self, params: Any, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """obs [..., obs_dim] -> (action [..., act_dim], its log-density [...])."""
-        mean, log_std = self.network.apply(params, obs)
-        eps = jax.random.normal(key, mean.shape)
-        u = mean + jnp.exp(log_std) * eps
-        log_prob = (-0.5 * jnp.square(eps) - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
-        # change of variables: log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), then rescale
-        log_prob -= (2.0 * (np.log(2.0) - u - jax.nn.softplus(-2.0 * u))).sum(-1)
-        log_prob -= np.log(0.5 * (self.high - self.low)).sum()
-        return self._rescale(jnp.tanh(u)), log_prob
-
-    def act(
-        self, params: Any, obs: jax.Array, key: jax.Array, deterministic: bool = False
-    ) -> jax.Array:
-        """obs [..., obs_dim] -> action [..., act_dim]: a sample, or tanh(mean) if deterministic."""
-        if deterministic:
-            return self._rescale(jnp.tanh(self.network.apply(params, obs)[0]))
-        return self.sample(params, obs, key)[0]
-
-
-def make_policy(config: SACConfig, action_space: spaces.Space) -> Policy:
-    """The squashed-Gaussian actor that ``config`` describes for a bounded Box ``action_space``."""
-    require(
-        isinstance(action_space, spaces.Box) and len(action_space.shape) == 1,
-        f"SAC needs a flat continuous (Box) action space, got {action_space}",
+def squashed_gaussian(
+    mean: jax.Array, log_std: jax.Array, low: Any, high: Any
+) -> distrax.Distribution:
+    """The actor's action distribution: N(mean, exp(log_std)) [..., act_dim] squashed by tanh
+    into (-1, 1), then mapped affinely onto (low, high) [act_dim]; events are [act_dim]."""
+    low, high = jnp.asarray(low, jnp.float32), jnp.asarray(high, jnp.float32)
+    rescale = distrax.ScalarAffine(shift=0.5 * (high + low), scale=0.5 * (high - low))
+    return distrax.Transformed(
+        distrax.MultivariateNormalDiag(mean, jnp.exp(log_std)),
+        distrax.Block(distrax.Chain([rescale, distrax.Tanh()]), 1),
     )
-    low = np.broadcast_to(np.asarray(action_space.low, np.float32), action_space.shape)
-    high = np.broadcast_to(np.asarray(action_space.high, np.float32), action_space.shape)
+
+
+def sac_policy(low: Any, high: Any, hidden: tuple[int, ...], activation: str = "relu") -> Policy:
+    """A SAC actor acting within the bounds ``[low, high]`` [act_dim]: a sample of the squashed
+    Gaussian, or (``deterministic``) tanh of its mean, rescaled."""
+    low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
+    require(
+        low.ndim == 1 and low.shape == high.shape,
+        f"SAC's action bounds must be two [act_dim] vectors, got {low.shape} and {high.shape}",
+    )
     require(
         bool(np.isfinite(low).all() and np.isfinite(high).all() and (low < high).all()),
         f"SAC squashes actions into the action space's bounds, which must be finite with "
         f"low < high; got low={low}, high={high}. Rescale the env's actions to a bounded Box.",
     )
-    network = SquashedGaussianActor(int(action_space.shape[0]), config.hidden, config.activation)
-    return Policy(network, low, high)
+    network = SquashedGaussianActor(low.shape[0], tuple(hidden), activation)
+
+    def act(params, carry, obs, key, deterministic=False):
+        mean, log_std = network.apply(params, obs)
+        if deterministic:
+            return carry, low + 0.5 * (jnp.tanh(mean) + 1.0) * (high - low)
+        return carry, squashed_gaussian(mean, log_std, low, high).sample(seed=key)
+
+    spec = policy_spec(sac_policy, low=low, high=high, hidden=hidden, activation=activation)
+    return Policy(act, no_carry, spec)
+
+
+def _action_bounds(space: spaces.Space) -> tuple[np.ndarray, np.ndarray]:
+    """The [act_dim] bounds of a flat Box action space."""
+    require(
+        isinstance(space, spaces.Box) and len(space.shape) == 1,
+        f"SAC needs a flat continuous (Box) action space, got {space}",
+    )
+    low = np.broadcast_to(np.asarray(space.low, np.float32), space.shape)
+    high = np.broadcast_to(np.asarray(space.high, np.float32), space.shape)
+    return low, high
 
 
 class Learner(NamedTuple):
@@ -193,16 +209,11 @@ class SACState(NamedTuple):
     env_state: Any  # [E] batched env states
     obs: jax.Array  # [E, obs_dim]
     key: jax.Array
+    aux: Any = None  # a sample_batch hook's own data (SAC itself never touches it)
 
 
-class SAC(NamedTuple):
-    policy: Policy
-    init: Any  # key -> SACState (buffer holds learning_starts random transitions)
-    update: Any  # SACState -> (SACState, metrics): num_steps env steps, utd gradient steps each
-    train: Any  # key -> (SACState, metrics [num_updates])
-    collect: Any  # (SACState, uniform=False) -> (SACState, Transition [E], info): one env step
-    sample: Any  # (buffer state, key, batch_size=config.batch_size) -> Transition [batch_size]
-    learn: Any  # (Learner, Transition [B], key) -> (Learner, metrics): one gradient step
+# sample_batch(state, key) -> Transition [batch_size]
+SampleBatch = Callable[[SACState, jax.Array], Transition]
 
 
 @functools.cache
@@ -210,25 +221,50 @@ def _item_buffer(capacity: int, batch_size: int) -> Any:
     return fbx.make_item_buffer(capacity, 1, batch_size, add_batches=True)
 
 
-def make_sac(config: SACConfig, env: Any, env_params: Any) -> SAC:
-    """Build SAC's pure functions for ``env`` (any gymnax-1.x env with a bounded Box action)."""
+def replay_sample(buffer_state: Any, key: jax.Array, batch_size: int) -> Transition:
+    """``batch_size`` transitions drawn uniformly from a SAC buffer: Transition [batch_size]."""
+    capacity = buffer_state.experience.reward.shape[1]
+    return _item_buffer(capacity, batch_size).sample(buffer_state, key).experience
+
+
+def replay_contents(buffer_state: Any) -> tuple[Transition, jax.Array]:
+    """Every slot of a SAC buffer, Transition [capacity] in insertion order (step-major over
+    envs), and how many are filled ([] int; all once the ring wrapped)."""
+    data = jax.tree.map(lambda x: x[0], buffer_state.experience)
+    capacity = data.reward.shape[0]
+    return data, jnp.where(buffer_state.is_full, capacity, buffer_state.current_index)
+
+
+def make_sac(
+    config: SACConfig, env: Any, env_params: Any, sample_batch: SampleBatch | None = None
+) -> Agent:
+    """SAC on ``env`` (any gymnax-1.x env with a bounded Box action) as an ``agents.core.Agent``.
+
+    ``sample_batch(state, key) -> Transition [batch_size]`` gives each gradient step its batch
+    (default: uniform from the buffer); it sees the state after the learn's env step.
+    """
     config.validate()
     env = EpisodeStats(env)
     obs_shape = tuple(env.observation_space(env_params).shape)
     require(len(obs_shape) == 1, f"SAC expects flat observations, got shape {obs_shape}")
-    policy = make_policy(config, env.action_space(env_params))
+    low, high = _action_bounds(env.action_space(env_params))
+    policy = sac_policy(low, high, config.hidden, config.activation)
+    actor = SquashedGaussianActor(low.shape[0], config.hidden, config.activation)
     critic = CriticEnsemble(config.num_critics, config.hidden, config.activation)
-    obs_dim, act_dim, num_envs = obs_shape[0], policy.low.shape[0], config.num_envs
+    obs_dim, act_dim, num_envs = obs_shape[0], low.shape[0], config.num_envs
     target_entropy = -config.target_entropy_scale * act_dim
     buffer = _item_buffer(config.buffer_size, config.batch_size)
     vmap_reset = jax.vmap(env.reset, in_axes=(0, None))
     vmap_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    if sample_batch is None:
+        sample_batch = lambda state, key: replay_sample(state.buffer, key, config.batch_size)
 
-    def sample(buffer_state: Any, key: jax.Array, batch_size: int = config.batch_size):
-        """A uniformly sampled batch of stored transitions: Transition [batch_size]."""
-        return _item_buffer(config.buffer_size, batch_size).sample(buffer_state, key).experience
+    def sample_action(params, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """obs [B, obs_dim] -> (action [B, act_dim] within the bounds, its log-density [B])."""
+        dist = squashed_gaussian(*actor.apply(params, obs), low, high)
+        return dist.sample_and_log_prob(seed=key)
 
-    def learn(agent: Learner, batch: Transition, key: jax.Array) -> tuple[Learner, dict]:
+    def gradient_step(agent: Learner, batch: Transition, key: jax.Array) -> tuple[Learner, dict]:
         """One gradient step of critics, actor and temperature on ``batch`` [B], then Polyak."""
         for name, x, size in (("obs", batch.obs, obs_dim), ("next_obs", batch.next_obs, obs_dim)):
             require(
@@ -241,7 +277,7 @@ def make_sac(config: SACConfig, env: Any, env_params: Any) -> SAC:
         )
         k_next, k_new = jax.random.split(key)
         alpha = jnp.exp(agent.temperature.params["log_alpha"])
-        next_action, next_log_prob = policy.sample(agent.actor.params, batch.next_obs, k_next)
+        next_action, next_log_prob = sample_action(agent.actor.params, batch.next_obs, k_next)
         next_q = critic.apply(agent.target_critic, batch.next_obs, next_action).min(0)
         not_terminated = 1.0 - batch.terminated.astype(jnp.float32)  # truncation bootstraps
         target = batch.reward + config.gamma * not_terminated * (next_q - alpha * next_log_prob)
@@ -254,7 +290,7 @@ def make_sac(config: SACConfig, env: Any, env_params: Any) -> SAC:
         critic_ts = agent.critic.apply_gradients(grads=grads)
 
         def actor_loss(params):
-            action, log_prob = policy.sample(params, batch.obs, k_new)
+            action, log_prob = sample_action(params, batch.obs, k_new)
             q = critic.apply(critic_ts.params, batch.obs, action).min(0)
             return (alpha * log_prob - q).mean(), -log_prob.mean()
 
@@ -274,14 +310,13 @@ def make_sac(config: SACConfig, env: Any, env_params: Any) -> SAC:
         }
         return Learner(actor_ts, critic_ts, target_critic, alpha_ts), metrics
 
-    def collect(state: SACState, uniform: bool = False) -> tuple[SACState, Transition, dict]:
+    def env_step(state: SACState, uniform: bool = False) -> tuple[SACState, dict]:
         """One step in every env (policy sample, or uniform actions), appended to the buffer."""
         key, k_act, k_env = jax.random.split(state.key, 3)
         if uniform:
-            shape = (num_envs, act_dim)
-            action = jax.random.uniform(k_act, shape, minval=policy.low, maxval=policy.high)
+            action = jax.random.uniform(k_act, (num_envs, act_dim), minval=low, maxval=high)
         else:
-            action = policy.act(state.learner.actor.params, state.obs, k_act)
+            action = policy.act(state.learner.actor.params, (), state.obs, k_act)[1]
         obs, env_state, reward, terminated, truncated, info = vmap_step(
             jax.random.split(k_env, num_envs), state.env_state, action, env_params
         )
@@ -293,101 +328,70 @@ def make_sac(config: SACConfig, env: Any, env_params: Any) -> SAC:
             terminated.astype(bool),
             truncated.astype(bool),
         )
-        state = SACState(
-            state.learner,
-            buffer.add(state.buffer, transition),
-            env_state,
-            obs.astype(jnp.float32),
-            key,
+        state = state._replace(
+            buffer=buffer.add(state.buffer, transition),
+            env_state=env_state,
+            obs=obs.astype(jnp.float32),
+            key=key,
         )
-        return state, transition, info
+        return state, info
 
     def init(key: jax.Array) -> SACState:
         key, k_env, k_actor, k_critic = jax.random.split(key, 4)
         obs, env_state = vmap_reset(jax.random.split(k_env, num_envs), env_params)
         obs = obs.astype(jnp.float32)
         no_action = jnp.zeros((act_dim,), jnp.float32)
-        actor_params = policy.network.init(k_actor, obs[0])
+        actor_params = actor.init(k_actor, obs[0])
         critic_params = critic.init(k_critic, obs[0], no_action)
         log_alpha = jnp.log(jnp.asarray(config.init_alpha, jnp.float32))
+        adam = lambda apply, params, lr: TrainState.create(
+            apply_fn=apply, params=params, tx=optax.adam(lr)
+        )
         learner = Learner(
-            TrainState.create(
-                apply_fn=policy.network.apply, params=actor_params, tx=optax.adam(config.actor_lr)
-            ),
-            TrainState.create(
-                apply_fn=critic.apply, params=critic_params, tx=optax.adam(config.critic_lr)
-            ),
+            adam(actor.apply, actor_params, config.actor_lr),
+            adam(critic.apply, critic_params, config.critic_lr),
             jax.tree.map(jnp.copy, critic_params),
-            TrainState.create(
-                apply_fn=None, params={"log_alpha": log_alpha}, tx=optax.adam(config.alpha_lr)
-            ),
+            adam(None, {"log_alpha": log_alpha}, config.alpha_lr),
         )
         no_flag = jnp.zeros((), bool)
         item = Transition(obs[0], no_action, jnp.zeros(()), obs[0], no_flag, no_flag)
         state = SACState(learner, buffer.init(item), env_state, obs, key)
-        fill = lambda s, _: (collect(s, uniform=True)[0], None)
+        fill = lambda s, _: (env_step(s, uniform=True)[0], None)
         return jax.lax.scan(fill, state, None, config.learning_starts // num_envs)[0]
 
-    def env_step(state: SACState, _) -> tuple[SACState, tuple[dict, dict]]:
-        state, _, info = collect(state)
+    def step(state: SACState) -> tuple[SACState, dict, dict]:
+        """One env step, then its gradient steps: (state, mean gradient-step stats, env info)."""
+        state, info = env_step(state)
         key, k_learn = jax.random.split(state.key)
 
-        def gradient_step(agent, k):
-            k_sample, k_learn = jax.random.split(k)
-            return learn(agent, sample(state.buffer, k_sample), k_learn)
+        def one(learner, k):
+            k_batch, k_grad = jax.random.split(k)
+            return gradient_step(learner, sample_batch(state, k_batch), k_grad)
 
         keys = jax.random.split(k_learn, config.utd * num_envs)
-        learner, stats = jax.lax.scan(gradient_step, state.learner, keys)
+        learner, stats = jax.lax.scan(one, state.learner, keys)
         episodes = {k: v for k, v in info.items() if k.startswith("returned_episode")}
-        return state._replace(learner=learner, key=key), (stats, episodes)
+        stats = {k: v.mean() for k, v in stats.items()}
+        return state._replace(learner=learner, key=key), stats, episodes
+
+    def learn(state: SACState) -> tuple[SACState, dict]:
+        state, stats, episodes = step(state)
+        return state, stats | episode_metrics(episodes)
 
     def update(state: SACState) -> tuple[SACState, dict]:
-        state, (stats, ep) = jax.lax.scan(env_step, state, None, config.num_steps)
-        metrics = {k: v.mean() for k, v in stats.items()}
-        finished = ep["returned_episode"]  # [num_steps, E]
-        num_finished = finished.sum()
-        metrics["episodes"] = num_finished
-        # Mean over episodes that ended in this update; NaN when none did.
-        for name, field in (("return", "returns"), ("length", "lengths")):
-            total = (ep[f"returned_episode_{field}"] * finished).sum()
-            metrics[name] = jnp.where(
-                num_finished > 0, total / jnp.maximum(num_finished, 1), jnp.nan
-            )
-        return state, metrics
+        def body(state, _):
+            state, stats, episodes = step(state)
+            return state, (stats, episodes)
 
-    def train(key: jax.Array) -> tuple[SACState, dict]:
-        return jax.lax.scan(lambda s, _: update(s), init(key), None, config.num_updates)
+        state, (stats, episodes) = jax.lax.scan(body, state, None, config.num_steps)
+        return state, {k: v.mean() for k, v in stats.items()} | episode_metrics(episodes)
 
-    return SAC(policy, init, update, train, collect, sample, learn)
-
-
-def make_train(config: SACConfig, env: Any, env_params: Any):
-    """``train(key) -> (SACState, metrics)``: a whole SAC run as one pure function."""
-    return make_sac(config, env, env_params).train
-
-
-def export_policy(
-    directory: Any, config: SACConfig, action_space: spaces.Space, params: Any, **metadata: Any
-) -> None:
-    """Save actor ``params`` with what ``load_policy`` needs to act without the trainer."""
-    policy = make_policy(config, action_space)
-    save_policy(
-        directory,
-        params,
-        {
-            "agent": "sac",
-            "sac": to_dict(config),
-            "action_space": {"low": policy.low.tolist(), "high": policy.high.tolist()},
-            **metadata,
-        },
+    return Agent(
+        policy,
+        init,
+        learn,
+        update,
+        lambda state: state.learner.actor.params,
+        num_updates=config.num_updates,
+        steps_per_update=config.steps_per_update,
     )
-
-
-def load_policy(directory: Any) -> tuple[Policy, Any, dict]:
-    """``(policy, params, metadata)`` from ``export_policy``; act with ``policy.act``."""
-    params, meta = checkpoint_load_policy(directory)
-    if meta.get("agent") != "sac":
-        raise ValueError(f"{directory} holds a {meta.get('agent')!r} policy, not a SAC one")
-    low, high = (np.asarray(meta["action_space"][k], np.float32) for k in ("low", "high"))
-    action_space = spaces.Box(low, high, low.shape)
-    return make_policy(from_dict(SACConfig, meta["sac"]), action_space), params, meta

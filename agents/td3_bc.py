@@ -1,15 +1,17 @@
 """TD3+BC (Fujimoto & Gu, 2021): TD3 whose actor also regresses onto the dataset's actions.
 
     td3 = make_td3_bc(config, transitions, env, env_params, ref_scores=(random, expert))
-    state, metrics = jax.jit(td3.train)(key)                         # one run
+    state, metrics = jax.jit(td3.train)(key)                         # one run (an Agent)
     state, metrics = jax.jit(jax.vmap(td3.train))(keys)              # many seeds at once
-    run_chunked(td3.init, td3.update, config.num_updates, config.eval_every, key, seeds, folder)
+    carry, action = td3.policy.act(td3.policy_params(state), (), env_obs, key)  # env's units
 
-``transitions`` are flat ``[N]`` (``load_dataset``'s). Each ``update`` is ``eval_every``
-critic gradient steps (the actor and the targets move every ``policy_freq``-th) under one
-``lax.scan``, then ``eval_episodes`` vmapped greedy episodes in the env. Defaults are the
-paper's (= CORL's): alpha 2.5, policy noise 0.2 clipped at 0.5, policy_freq 2, tau 0.005,
-Adam 3e-4, batch 256, 256x256 ReLU networks, observations normalised by the dataset's statistics.
+``transitions`` are flat ``[N]`` (``load_dataset``'s). One ``learn`` is ``policy_freq`` critic
+gradient steps, then one actor step and the target updates; one ``update`` is the learns of
+``eval_every`` critic steps under one ``lax.scan``, then ``eval_episodes`` vmapped greedy episodes
+in the env. The policy (``td3_bc_policy``) normalises observations with the dataset's statistics
+and rescales actions to the env's bounds itself, so it exports and acts without the dataset.
+Defaults are the paper's (= CORL's): alpha 2.5, policy noise 0.2 clipped at 0.5, policy_freq 2,
+tau 0.005, Adam 3e-4, batch 256, 256x256 ReLU networks, observations normalised.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from flax import struct
 from flax.training.train_state import TrainState
 
 from agents import offline
+from agents.core import Agent, Policy, no_carry, policy_spec
 from agents.hparams import require, require_fields, static, sweepable
 from agents.networks import MLP, Critic, CriticEnsemble, dense
 from agents.replay import Transition
@@ -33,7 +36,7 @@ from agents.replay import Transition
 class TD3BCConfig:
     """TD3+BC settings; static fields fix shapes and loop lengths, the rest can be vmapped."""
 
-    total_steps: int = static(1_000_000)  # critic gradient steps
+    total_steps: int = static(1_000_000)  # critic gradient steps per run
     eval_every: int = static(5_000)  # gradient steps per `update` (one evaluation each)
     eval_episodes: int = static(10)  # 0: no evaluation
     batch_size: int = static(256)
@@ -90,6 +93,20 @@ class Actor(nn.Module):
         return jnp.tanh(dense(self.action_dim, scale=1.0)(MLP(self.hidden, "relu")(obs)))
 
 
+def td3_bc_policy(units: dict[str, list[float]], hidden: tuple[int, ...]) -> Policy:
+    """TD3+BC's deterministic actor in the env's units (``units``: ``OfflineData.policy_units()``):
+    env obs [B, obs_dim] are normalised with the dataset's ``obs_mean``/``obs_std``, its tanh
+    actions rescaled to ``[action_low, action_high]``. It acts the same with ``deterministic``
+    either way (no exploration noise)."""
+    normalize, to_env = offline.env_units(**units)
+    actor = Actor(len(units["action_low"]), tuple(hidden))
+
+    def act(params, carry, env_obs, key, deterministic=False):
+        return carry, to_env(actor.apply(params, normalize(env_obs)))
+
+    return Policy(act, no_carry, policy_spec(td3_bc_policy, units=units, hidden=tuple(hidden)))
+
+
 class TD3BCState(NamedTuple):
     """Everything a TD3+BC run carries from one update to the next."""
 
@@ -106,15 +123,17 @@ def make_td3_bc(
     env: Any,
     env_params: Any,
     ref_scores: tuple[float, float] | None = None,
-) -> offline.OfflineAgent:
-    """Build TD3+BC's pure functions on ``transitions`` [N], evaluating in ``env``.
+) -> Agent:
+    """TD3+BC on ``transitions`` [N] (checked against ``env``), evaluating in ``env``.
 
     ``ref_scores`` = (random, expert) returns adds a ``normalized_score`` metric.
     """
     config.validate()
+    offline.check_ref_scores(ref_scores)
     data = offline.prepare(transitions, env, env_params, normalize_obs=config.normalize_obs)
     dataset = data.transitions
     obs_dim, act_dim = dataset.obs.shape[1], dataset.action.shape[1]
+    policy = td3_bc_policy(data.policy_units(), hidden=config.hidden)
     actor = Actor(act_dim, config.hidden)
     critic = CriticEnsemble(2, config.hidden, "relu")
     first_critic = Critic(config.hidden, "relu")
@@ -156,7 +175,7 @@ def make_td3_bc(
         (loss, q), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.critic.params)
         return state.critic.apply_gradients(grads=grads), (loss, q, batch)
 
-    def train_step(state: TD3BCState) -> tuple[TD3BCState, dict]:
+    def learn(state: TD3BCState) -> tuple[TD3BCState, dict]:
         key, k_critic = jax.random.split(state.key)
 
         def scan_critic(critic_ts, k):
@@ -186,30 +205,16 @@ def make_td3_bc(
         metrics = {"critic_loss": c_loss.mean(), "actor_loss": a_loss, "bc_mse": bc, "q": q.mean()}
         return state, metrics
 
-    evaluate = None
-    if config.eval_episodes > 0:
-        evaluate = offline.make_evaluator(
-            data, env, env_params, actor.apply, config.eval_episodes, ref_scores
-        )
-    update = offline.make_update(
-        train_step, evaluate, lambda s: s.actor.params, config.eval_every // config.policy_freq
+    return offline.make_agent(
+        policy,
+        init,
+        learn,
+        lambda state: state.actor.params,
+        learns_per_update=config.eval_every // config.policy_freq,
+        steps_per_update=config.eval_every,
+        num_updates=config.num_updates,
+        env=env,
+        env_params=env_params,
+        eval_episodes=config.eval_episodes,
+        ref_scores=ref_scores,
     )
-
-    def train(key: jax.Array) -> tuple[TD3BCState, dict]:
-        return jax.lax.scan(lambda s, _: update(s), init(key), None, config.num_updates)
-
-    def act(params: Any, obs: jax.Array) -> jax.Array:
-        return data.env_action(actor.apply(params, data.normalize_obs(obs)))
-
-    return offline.OfflineAgent(data, act, init, update, train, train_step)
-
-
-def make_train(
-    config: TD3BCConfig,
-    transitions: Transition,
-    env: Any,
-    env_params: Any,
-    ref_scores: tuple[float, float] | None = None,
-):
-    """``train(key) -> (TD3BCState, metrics)``: a whole TD3+BC run as one pure function."""
-    return make_td3_bc(config, transitions, env, env_params, ref_scores).train

@@ -22,21 +22,21 @@ import jax.numpy as jnp
 import tyro
 
 import envs  # noqa: F401  (sets the XLA flags before any JAX program runs)
-from agents.cultural import (
-    VISIBILITY,
-    InContextConfig,
-    InWeightsConfig,
-    make_in_context_generation,
-    make_in_weights_generation,
-)
 from agents.ppo import make_ppo
 from benchmarks.timing import timed as _time
 from benchmarks.timing import write_json
 from envs.gridworlds.goal_sequence import GoalSequence
 from envs.gridworlds.memory_sequence import MemorySequence
-from envs.gridworlds.social import demo_spec
-from experiments import cultural_in_context, cultural_in_weights
-from experiments.cultural_tasks import GoalTask, MemoryTask
+from skills.cultural import (
+    VISIBILITY,
+    GoalTask,
+    InContextConfig,
+    InWeightsConfig,
+    MemoryTask,
+    in_weights_ppo,
+    make_in_context_generation,
+    make_in_weights_lineage,
+)
 
 
 @dataclasses.dataclass
@@ -45,6 +45,7 @@ class Args:
     seeds: int = 5
     repeats: int = 3
     # in context (the study's defaults)
+    num_trials: int = 4
     population: int = 3
     tasks: int = 32
     # in weights: one generation = seeds x population agents x steps
@@ -56,21 +57,15 @@ class Args:
 def _tasks(args: Args) -> tuple[MemoryTask | GoalTask, MemoryTask | GoalTask]:
     """The in-context and in-weights task settings of the two studies' defaults."""
     if args.task == "memory":
-        return cultural_in_context.MemoryArgs().task, cultural_in_weights.MemoryArgs().task
-    return cultural_in_context.GoalArgs().task, cultural_in_weights.GoalArgs().task
+        return MemoryTask(), MemoryTask(10, 24)
+    return GoalTask(), GoalTask()
 
 
 def in_context(args: Args) -> dict:
     task = _tasks(args)[0]
-    study = (
-        cultural_in_context.MemoryArgs()
-        if args.task == "memory"
-        else cultural_in_context.GoalArgs()
-    )
-    env, params = task.social(study.num_trials)
-    ppo = make_ppo(study.ppo, env, params)
-    agents = jax.vmap(ppo.init)(jax.random.split(jax.random.key(0), args.seeds))
-    agents = agents.train_state.params
+    env, params = task.social(args.num_trials)
+    ppo = make_ppo(task.in_context_ppo(), env, params)
+    agents = ppo.policy_params(jax.vmap(ppo.init)(jax.random.split(jax.random.key(0), args.seeds)))
     gen = make_in_context_generation(
         InContextConfig(population=args.population), ppo.policy, env, params
     )
@@ -81,28 +76,20 @@ def in_context(args: Args) -> dict:
     keys = jax.random.split(jax.random.key(3), args.seeds * args.tasks).reshape(shape)
     compile_s, run_s = _time(fn, agents, task_instances, demos, keys, repeats=args.repeats)
     # steps played (Memory Sequence: an upper bound, trials end at the first mistake)
-    steps = args.seeds * args.tasks * args.population * params.num_trials * demo_spec(params)[0]
+    steps = args.seeds * args.tasks * args.population * params.num_trials * env.demo_spec(params)[0]
     return {"compile_s": compile_s, "generation_s": run_s, "env_steps_per_s": steps / run_s}
 
 
 def in_weights(args: Args) -> dict:
     task = _tasks(args)[1]
-    study = (
-        cultural_in_weights.MemoryArgs()
-        if args.task == "memory"
-        else cultural_in_weights.GoalArgs()
-    )
-    ppo_cfg = study.ppo.replace(total_timesteps=args.iw_steps)
+    ppo_cfg = in_weights_ppo().replace(total_steps=args.iw_steps)
     config = InWeightsConfig(ppo_cfg, population=args.iw_population)
-    env, params = task.in_weights(None)
-    length, none = demo_spec(params)
-    demos = jnp.full((config.num_demos, length), none, jnp.int32)
-    params = params.replace(demos=demos)
-    gen = make_in_weights_generation(config, env, params)
-    keys = jax.random.split(jax.random.key(0), args.seeds)
-    visibility = jnp.array(VISIBILITY["anneal"])
-    fn = jax.vmap(lambda k: gen(k, params, demos, visibility))
-    compile_s, run_s = _time(fn, keys, repeats=args.repeats)
+    env, params = task.in_weights(config.num_demos)
+    lineage = make_in_weights_lineage(config, env, params, VISIBILITY["anneal"])
+    # a generation past the first (which trains alone): the demonstrators are shown
+    states = jax.vmap(lineage.init)(jax.random.split(jax.random.key(0), args.seeds))
+    states = states._replace(generation=jnp.ones_like(states.generation))
+    compile_s, run_s = _time(jax.vmap(lineage.update), states, repeats=args.repeats)
     agents = args.seeds * args.iw_population
     # the peer: the same PPO runs on the plain task, nothing else
     if args.task == "memory":
@@ -138,7 +125,7 @@ def main(args: Args) -> dict:
     print("|---|---|---|---|---|")
     print(
         f"| in context | {args.seeds} seeds x {args.tasks} tasks x {args.population} agents x "
-        f"4 trials | {ic['compile_s']:.1f} | {ic['generation_s']:.3f} | "
+        f"{args.num_trials} trials | {ic['compile_s']:.1f} | {ic['generation_s']:.3f} | "
         f"{ic['env_steps_per_s']:,.0f} |"
     )
     print(

@@ -9,7 +9,7 @@ The peer is the reference PyTorch implementation on this 2-core CPU (``research/
 2.53 training steps/s at batch 256 and 0.79 at 1024, and 10.25 samples/s (batch 1000, 128
 steps), all at width 2048; ratios are only printed for CPU rows at that width.
 
-Importing ``agents`` makes XLA's CPU matmuls single-threaded (see ``agents/platform.py``);
+Importing ``agents`` makes XLA's CPU matmuls single-threaded (see ``envs/platform.py``);
 ``SKILL_AGENTS_KEEP_XLA_FLAGS=1`` lets these large, un-vmapped matmuls use every core.
 
     python -m benchmarks.diffusion_throughput                           # CPU: all widths
@@ -24,8 +24,9 @@ import json
 import jax
 import tyro
 
-from agents.diffusion import PRESETS, fit_normalizer, make_diffusion, num_params
+from agents.diffusion import PRESETS, make_diffusion, num_params
 from benchmarks.timing import timed, write_json
+from envs.wrappers import Normalizer
 
 DATA_DIM = 2 * 17 + 6 + 2
 PEER_TRAIN = {256: 2.53, 1024: 0.79}  # SynthER PyTorch, width 2048, steps/s on this CPU
@@ -46,7 +47,7 @@ def main(args: Args) -> list[dict]:
     device = jax.devices()[0]
     print(f"device: {device.device_kind} ({device.platform}); data dim {DATA_DIM}")
     data = jax.random.normal(jax.random.key(0), (100_000, DATA_DIM))
-    normalizer = fit_normalizer(data, skip_dims=(DATA_DIM - 1,))
+    normalizer = Normalizer.fit(data, ddof=1, eps=1e-5, skip_dims=(DATA_DIM - 1,))
     rows = []
     for width in args.widths:
         for batch in args.batches:

@@ -1,19 +1,19 @@
 """TD3+BC and IQL gradient updates/s against a bare scanned TD3 step and a plain matmul.
 
-Each learner runs exactly as ``run_chunked`` runs it: ``jit(vmap(scan(update)))`` over 1 and 5
-seeds, where an ``update`` is ``steps`` gradient steps with uniform sampling from a
-HalfCheetah-sized dataset on device (17-dim observations, 6-dim actions, 200k transitions) and
-metric averaging, batch 256, 256x256 networks (evaluation off). The bare TD3 step is the same
-TD3 arithmetic on one fixed batch, with nothing else: no sampling, no noise, no normalisation,
-no metrics (``platform.md`` measured about 294 updates/s and 110 GFLOP/s for a scanned TD3
-step on this CPU); "bare + sampling" adds only the per-step uniform sampling from the
-dataset. The matmul probe times ``[256, 256] @ [256, 256]`` and ``[1024, 1024] @
-[1024, 1024]`` in a scan, the ceiling for these networks. Effective GFLOP/s count matmul FLOPs only
-(backward = 2x forward). Single-threaded Eigen (``agents/platform.py``) keeps each matmul on
-one core, but XLA runs independent ops side by side, so on an idle 2-core machine a program
-uses about 1.8 cores. Besides wall-clock figures the table therefore gives updates per
-CPU-second of the process, which stay comparable when other jobs share the cores; the ratio
-to the bare step and the fraction of peak use CPU-seconds.
+Each learner (an ``agents.core.Agent``) runs exactly as ``run_chunked`` runs it:
+``jit(vmap(scan(agent.update)))`` over 1 and 5 seeds, where an ``update`` is ``steps`` gradient
+steps with uniform sampling from a HalfCheetah-sized dataset on device (17-dim observations, 6-dim
+actions, 200k transitions) and metric averaging, batch 256, 256x256 networks (evaluation off). The
+bare TD3 step is the same TD3 arithmetic on one fixed batch, with nothing else: no sampling, no
+noise, no normalisation, no metrics (``platform.md`` measured about 294 updates/s and 110 GFLOP/s
+for a scanned TD3 step on this CPU); "bare + sampling" adds only the per-step uniform sampling from
+the dataset. The matmul probe times ``[256, 256] @ [256, 256]`` and ``[1024, 1024] @ [1024, 1024]``
+in a scan, the ceiling for these networks. Effective GFLOP/s count matmul FLOPs only (backward = 2x
+forward). Single-threaded Eigen (``envs/platform.py``) keeps each matmul on one core, but XLA runs
+independent ops side by side, so on an idle 2-core machine a program uses about 1.8 cores. Besides
+wall-clock figures the table therefore gives updates per CPU-second of the process, which stay
+comparable when other jobs share the cores; the ratio to the bare step and the fraction of peak use
+CPU-seconds.
 
     python -m benchmarks.offline_throughput
 """
@@ -32,6 +32,7 @@ import optax
 import tyro
 
 import envs
+from agents.core import Agent
 from agents.iql import IQLConfig, make_iql
 from agents.networks import Critic, CriticEnsemble
 from agents.offline import ensemble_member, sample
@@ -96,10 +97,10 @@ def synthetic_dataset(n: int) -> Transition:
     )
 
 
-def bench_learner(name: str, learner, num_seeds: int, args: Args) -> dict:
-    """Compile and time ``jit(vmap(scan(update, 1)))`` as run_chunked does."""
-    states = jax.jit(jax.vmap(learner.init))(jax.random.split(jax.random.key(0), num_seeds))
-    chunk = jax.vmap(lambda s: jax.lax.scan(lambda s, _: learner.update(s), s, None, 1))
+def bench_learner(name: str, agent: Agent, num_seeds: int, args: Args) -> dict:
+    """Compile and time ``jit(vmap(scan(agent.update, 1)))`` as run_chunked does."""
+    states = jax.jit(jax.vmap(agent.init))(jax.random.split(jax.random.key(0), num_seeds))
+    chunk = jax.vmap(lambda s: jax.lax.scan(lambda s, _: agent.update(s), s, None, 1))
     t0 = time.perf_counter()
     compiled = jax.jit(chunk).lower(states).compile()
     compile_s = time.perf_counter() - t0

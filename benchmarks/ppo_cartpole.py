@@ -20,6 +20,7 @@ import numpy as np
 import tyro
 
 import envs
+from agents.core import Policy, no_carry
 from agents.evaluation import evaluate
 from agents.ppo import PPOConfig, make_ppo
 from benchmarks.timing import write_json
@@ -51,14 +52,14 @@ class _FiveTupleStep:
         return obs, state, reward, jnp.logical_or(term, trunc), info
 
 
-def _run(name, init, chunk, act_of, env, params, seed, args) -> dict:
+def _run(name, init, chunk, policy, params_of, env, params, seed, args) -> dict:
     key = jax.random.key(seed)
     state = init(key)
     t0 = time.perf_counter()
     compiled = jax.jit(chunk).lower(state).compile()
     compile_s = time.perf_counter() - t0
     greedy = jax.jit(
-        lambda s, k: evaluate(k, env, params, act_of(s), jnp.zeros((64, 0)))["return"].mean()
+        lambda s, k: evaluate(k, env, params, policy, params_of(s), 64)["return"].mean()
     )
     train_s, to_target, curve = 0.0, None, []
     for _ in range(args.chunks):
@@ -82,7 +83,7 @@ def _run(name, init, chunk, act_of, env, params, seed, args) -> dict:
 
 def ours(env, params, seed, args) -> dict:
     config = PPOConfig(
-        anneal_lr=args.anneal_lr, total_timesteps=args.chunks * args.updates_per_chunk * 512
+        anneal_lr=args.anneal_lr, total_steps=args.chunks * args.updates_per_chunk * 512
     )
     ppo = make_ppo(config, env, params)
 
@@ -91,12 +92,7 @@ def ours(env, params, seed, args) -> dict:
             lambda s, _: (ppo.update(s)[0], None), rs, None, args.updates_per_chunk
         )[0]
 
-    def act_of(rs):
-        return lambda c, o, r, k: ppo.policy.act(
-            rs.train_state.params, c, o, r, k, deterministic=True
-        )
-
-    return _run("ours", ppo.init, chunk, act_of, env, params, seed, args)
+    return _run("ours", ppo.init, chunk, ppo.policy, ppo.policy_params, env, params, seed, args)
 
 
 def rejax_ppo(env, params, seed, args) -> dict:
@@ -126,14 +122,12 @@ def rejax_ppo(env, params, seed, args) -> dict:
     def chunk(ts):
         return algo.train(train_state=ts)[0]
 
-    def act_of(ts):
-        def act(carry, obs, resets, key):
-            dist = algo.actor.apply(ts.actor_ts.params, obs, method="_action_dist")
-            return carry, dist.mode()
+    def act(actor_params, carry, obs, key, deterministic=True):
+        return carry, algo.actor.apply(actor_params, obs, method="_action_dist").mode()
 
-        return act
-
-    return _run("rejax", algo.init_state, chunk, act_of, env, params, seed, args)
+    policy = Policy(act, no_carry, {})
+    params_of = lambda ts: ts.actor_ts.params
+    return _run("rejax", algo.init_state, chunk, policy, params_of, env, params, seed, args)
 
 
 def main(args: Args) -> list[dict]:

@@ -3,7 +3,8 @@
 For each env (native HalfCheetah, gymnax Pendulum) and update-to-data ratio, one ``update``
 (``num_steps`` env steps, each followed by ``utd`` gradient steps at batch 256, 256x256
 networks) is timed after compilation; its gradient-step rate is compared with the bare
-``learn`` step scanned on a fixed batch (no env, no buffer), the compute-bound ceiling.
+gradient step on a fixed batch (one ``learn`` at UTD ``gradient_steps`` whose batch hook returns
+the same batch: no buffer, one env step in all), the compute-bound ceiling.
 The buffer rows time one add and one 256-sample draw per step (HalfCheetah-sized transitions,
 1M capacity) for flashbax's item buffer and a plain ``jnp`` ring buffer written alongside.
 
@@ -24,7 +25,7 @@ import tyro
 
 import envs
 from agents.replay import Transition
-from agents.sac import SACConfig, make_sac
+from agents.sac import SACConfig, make_sac, replay_sample
 from benchmarks.timing import write_json
 
 
@@ -65,7 +66,7 @@ def bench_sac(name: str, utd: int, args: Args) -> dict:
     num_steps = max(1, args.gradient_steps // utd)
     cfg = SACConfig(
         num_steps=num_steps,
-        total_timesteps=1_000 + num_steps,
+        total_steps=1_000 + num_steps,
         learning_starts=1_000,
         buffer_size=10_000,
         utd=utd,
@@ -77,13 +78,13 @@ def bench_sac(name: str, utd: int, args: Args) -> dict:
     compile_s = time.perf_counter() - t0
     run_s = _median_time(update, state, repeats=args.repeats)
 
-    batch = sac.sample(state.buffer, jax.random.key(1))
-    many = lambda learner, key: jax.lax.scan(
-        lambda lr, k: sac.learn(lr, batch, k), learner, jax.random.split(key, args.gradient_steps)
-    )
-    bare = jax.jit(many).lower(state.learner, jax.random.key(2)).compile()
-    bare_s = _median_time(bare, state.learner, jax.random.key(2), repeats=args.repeats)
-    obs_dim, act_dim = state.obs.shape[1], sac.policy.low.shape[0]
+    fixed_batch = lambda state, key: state.aux  # every gradient step on the batch in aux
+    bare_cfg = cfg.replace(utd=args.gradient_steps)
+    bare_sac = make_sac(bare_cfg, env, params, sample_batch=fixed_batch)
+    bare_state = state._replace(aux=replay_sample(state.buffer, jax.random.key(1), cfg.batch_size))
+    bare = jax.jit(bare_sac.learn).lower(bare_state).compile()
+    bare_s = _median_time(bare, bare_state, repeats=args.repeats)
+    obs_dim, act_dim = state.obs.shape[1], env.action_space(params).shape[0]
     flops = _learn_flops(obs_dim, act_dim, cfg.hidden, cfg.batch_size)
     updates_per_s = utd * num_steps / run_s
     return {

@@ -3,7 +3,9 @@
 Segmentation is one ``lax.scan`` over time (the memory reset depends on each decision), vmapped
 over a batch of trajectories; throughput is trajectory steps per second. The peer, measured in
 the same run, is the same model scoring the same batch without the rule or resets
-(``ActionModel.nll``, the GRU scanned by flax): the cost floor of any loss-based rule.
+(``ActionModel.nll``, the GRU scanned by flax): the cost floor of any loss-based rule. Training
+is the action model's behaviour cloning (``skills.action_model.make_action_model``, one
+``agents.bc`` gradient step per trajectory batch).
 
     python -m benchmarks.sbd_throughput
 """
@@ -20,7 +22,7 @@ import envs
 from agents.replay import Transition
 from benchmarks.timing import timed as _timed
 from envs.gridworlds.multi_skill import rollout_expert
-from skills.action_model import ActionModelConfig, episode_starts, make_action_model, make_train
+from skills.action_model import ActionModel, ActionModelConfig, episode_starts, make_action_model
 from skills.boundary import BoundaryConfig, detect_boundaries
 
 
@@ -30,7 +32,7 @@ class Args:
     length: int = 64  # steps per trajectory
     batches: tuple[int, ...] = (1, 64, 1024, 4096)
     hidden: int = 48  # embed, GRU and head width (as experiments.sbd)
-    train_updates: int = 200
+    train_steps: int = 200  # gradient steps
     train_batch: int = 32
     repeats: int = 3
     out: str | None = None
@@ -42,11 +44,11 @@ def main(args: Args) -> dict:
         embed=(args.hidden,),
         gru_hidden=args.hidden,
         head=(args.hidden,),
-        num_updates=args.train_updates,
+        total_steps=args.train_steps,
         batch_size=args.train_batch,
     )
     space = env.action_space(params)
-    model = make_action_model(config, space)
+    model = ActionModel.create(config, space)
     most = max(args.batches)
     demos = jax.jit(jax.vmap(lambda k: rollout_expert(k, env, params, args.length)))(
         jax.random.split(jax.random.key(0), most)
@@ -80,9 +82,8 @@ def main(args: Args) -> dict:
                 "compile_s": seg_compile,
             }
         )
-    train = make_train(config, space)
-    key = jax.random.key(2)
-    train_compile, train_s = _timed(train, key, Transition(*demos[:6]), repeats=args.repeats)
+    agent = make_action_model(config, space, Transition(*demos[:6]))
+    train_compile, train_s = _timed(agent.train, jax.random.key(2), repeats=args.repeats)
 
     print(f"segmentation, T = {args.length}, GRU {args.hidden}, obs {demos.obs.shape[-1]}")
     print("| trajectories | SBD scan steps/s | plain NLL steps/s | SBD / plain | compile s |")
@@ -92,17 +93,17 @@ def main(args: Args) -> dict:
             f"| {r['trajectories']} | {r['segment_steps_per_s']:,.0f} | "
             f"{r['plain_nll_steps_per_s']:,.0f} | {r['ratio']:.2f}x | {r['compile_s']:.1f} |"
         )
-    per_update = train_s / args.train_updates
+    per_step = train_s / args.train_steps
     print(
-        f"\naction-model training: {args.train_updates} updates of {args.train_batch} x "
-        f"{args.length} steps in {train_s:.2f} s ({1 / per_update:.1f} updates/s, "
-        f"{args.train_batch * args.length / per_update:,.0f} steps/s), "
+        f"\naction-model training: {args.train_steps} gradient steps of {args.train_batch} x "
+        f"{args.length} steps in {train_s:.2f} s ({1 / per_step:.1f} gradient steps/s, "
+        f"{args.train_batch * args.length / per_step:,.0f} steps/s), "
         f"compile {train_compile:.1f} s"
     )
     result = {
         "segmentation": rows,
         "train_s": train_s,
-        "train_updates_per_s": 1 / per_update,
+        "train_gradient_steps_per_s": 1 / per_step,
         "train_compile_s": train_compile,
     }
     if args.out:

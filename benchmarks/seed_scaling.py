@@ -15,21 +15,21 @@ import numpy as np
 import tyro
 
 import envs
-from agents.ppo import PPOConfig, make_train
+from agents.ppo import PPOConfig, make_ppo
 from benchmarks.timing import write_json
 
 
 @dataclasses.dataclass
 class Args:
     seeds: tuple[int, ...] = (1, 16, 64)
-    total_timesteps: int = 102_400  # per seed; PureJaxRL's CartPole settings otherwise
+    total_steps: int = 102_400  # per seed; PureJaxRL's CartPole settings otherwise
     repeats: int = 3
     out: str | None = None
 
 
 def main(args: Args) -> list[dict]:
     env, params = envs.make("gymnax:CartPole-v1")
-    train = make_train(PPOConfig(total_timesteps=args.total_timesteps), env, params)
+    train = make_ppo(PPOConfig(total_steps=args.total_steps), env, params).train
     rows = []
     for n in args.seeds:
         keys = jax.random.split(jax.random.key(0), n)
@@ -47,7 +47,7 @@ def main(args: Args) -> list[dict]:
                 "seeds": n,
                 "compile_s": compile_s,
                 "run_s": run_s,
-                "env_steps_per_s": n * args.total_timesteps / run_s,
+                "env_steps_per_s": n * args.total_steps / run_s,
             }
         )
     base = rows[0]["run_s"]

@@ -7,9 +7,9 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from agents import platform as _platform
+from envs import platform as _platform
 
-_platform.configure()
+_platform.configure()  # before any JAX program runs: every entry point imports envs
 
 from envs.core import Environment, EnvParams, EnvState, check_action, spaces  # noqa: E402
 

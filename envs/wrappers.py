@@ -8,7 +8,9 @@ wrapper either: every env's ``step`` auto-resets and keeps ``info["final_observa
 - ``EpisodeStats``: gymnax's ``LogWrapper`` (its statistics are correct and reused as they are),
   plus a ``render`` that unwraps the wrapper state and attribute forwarding that survives
   ``copy.deepcopy``/``pickle`` (gymnax's ``__getattr__`` recurses forever on both).
-- ``NormalizeObservation``: running mean/variance normalisation, statistics in the env state.
+- ``episode_metrics``: the mean return and length of the episodes ``EpisodeStats`` saw end.
+- ``Normalizer``: the one per-dimension normalisation (fitted to data, or from ``RunningStats``);
+  ``NormalizeObservation``: running mean/variance normalisation, statistics in the env state.
 - ``to_gymnasium`` / ``to_gymnasium_vector``: any env here (or any gymnax env) as a
   ``gymnasium.Env`` / ``gymnasium.vector.VectorEnv``. gymnax's own ``GymnaxToGymWrapper`` fails
   ``gymnasium.utils.env_checker.check_env`` (no ``np_random`` seeding, jax arrays out), and its
@@ -38,8 +40,10 @@ __all__ = [
     "LogEnvState",
     "NormalizeObservation",
     "NormalizeObservationState",
+    "Normalizer",
     "RunningStats",
     "Wrapper",
+    "episode_metrics",
     "pool_stats",
     "to_gymnasium",
     "to_gymnasium_space",
@@ -71,9 +75,70 @@ class EpisodeStats(Wrapper, LogWrapper):
     """
 
 
+def episode_metrics(info: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Mean ``return`` and ``length`` of the episodes that ended in a batch of ``EpisodeStats``
+    infos (any leading shape, e.g. [T, E]), and their number ``episodes``; NaN when none did."""
+    finished = info["returned_episode"]
+    num = finished.sum()
+    mean = lambda x: jnp.where(num > 0, (x * finished).sum() / jnp.maximum(num, 1), jnp.nan)
+    return {
+        "episodes": num,
+        "return": mean(info["returned_episode_returns"]),
+        "length": mean(info["returned_episode_lengths"]),
+    }
+
+
+@struct.dataclass
+class Normalizer:
+    """Per-dimension affine normalisation ``(x - mean) / std``: observations, data, features."""
+
+    mean: jax.Array  # [*shape]
+    std: jax.Array  # [*shape]
+
+    def normalize(self, x: jax.Array) -> jax.Array:  # [..., *shape] -> [..., *shape]
+        return (x - self.mean) / self.std
+
+    def unnormalize(self, x: jax.Array) -> jax.Array:  # [..., *shape] -> [..., *shape]
+        return x * self.std + self.mean
+
+    @classmethod
+    def identity(cls, shape: tuple[int, ...]) -> Normalizer:
+        """Mean 0 and std 1: leaves data unchanged."""
+        return cls(jnp.zeros(shape, jnp.float32), jnp.ones(shape, jnp.float32))
+
+    @classmethod
+    def fit(
+        cls,
+        data: jax.Array,
+        *,
+        ddof: int = 0,
+        eps: float = 0.0,
+        skip_dims: tuple[int, ...] = (),
+        size: jax.Array | int | None = None,
+    ) -> Normalizer:
+        """Mean and ``std + eps`` over axis 0 of ``data`` [N, D]'s first ``size`` rows (all if None;
+        ``size`` may be traced, e.g. a partly filled buffer); ``skip_dims`` keep mean 0, std 1."""
+        data = jnp.asarray(data, jnp.float32)
+        if data.ndim != 2 or data.shape[0] == 0:
+            raise ValueError(f"Normalizer.fit needs a non-empty [N, D] array, got {data.shape}")
+        for d in skip_dims:
+            if not -data.shape[1] <= d < data.shape[1]:
+                raise ValueError(
+                    f"skip_dims entry {d} is out of range for dimension {data.shape[1]}"
+                )
+        n = data.shape[0] if size is None else size
+        valid = (jnp.arange(data.shape[0]) < n)[:, None]
+        count = jnp.maximum(jnp.asarray(n, jnp.float32), 1.0)
+        mean = jnp.where(valid, data, 0.0).sum(0) / count
+        var = jnp.where(valid, jnp.square(data - mean), 0.0).sum(0) / jnp.maximum(count - ddof, 1.0)
+        skip = jnp.asarray(skip_dims, jnp.int32)
+        std = jnp.sqrt(var) + eps
+        return cls(mean.at[skip].set(0.0), std.at[skip].set(1.0))
+
+
 @struct.dataclass
 class RunningStats:
-    """Running mean and (population) variance of observations seen so far."""
+    """Running mean and (population) variance of observations seen so far (Welford)."""
 
     mean: jax.Array  # [*obs_shape] float32
     var: jax.Array  # [*obs_shape] float32
@@ -96,9 +161,13 @@ class RunningStats:
         m2 = self.var * self.count + delta * (obs - mean)
         return RunningStats(mean=mean, var=m2 / count, count=count)
 
+    def normalizer(self, epsilon: float) -> Normalizer:
+        """The ``Normalizer`` of these statistics: std ``sqrt(var + epsilon)``."""
+        return Normalizer(self.mean, jnp.sqrt(self.var + epsilon))
+
     def normalize(self, obs: jax.Array, epsilon: float, clip: float) -> jax.Array:
         """``(obs - mean) / sqrt(var + epsilon)``, clipped to ``[-clip, clip]``."""
-        return jnp.clip((obs - self.mean) / jnp.sqrt(self.var + epsilon), -clip, clip)
+        return jnp.clip(self.normalizer(epsilon).normalize(obs), -clip, clip)
 
 
 def pool_stats(stats: RunningStats) -> RunningStats:

@@ -1,35 +1,36 @@
 """TD3+BC and IQL on the project's D4RL-style datasets: normalised scores next to CORL's.
 
 python -m experiments.offline                                    # the README table (CPU budget)
-python -m experiments.offline --algos iql --tasks hopper --levels medium --steps 1000000
+python -m experiments.offline --algos iql --tasks hopper --levels medium --total-steps 1000000
 
 For every (algorithm, task, level) the dataset ``skill-agents/<task>-<level>-v<version>`` (made
 by ``experiments.make_datasets``) is loaded from the local Minari root, the env it names in its
 metadata is built, and ``seeds`` seeds train in one vmapped program through ``run_chunked``
-(progress, a checkpoint per chunk, resumable) into ``<out>/<algo>/<task>-<level>/``. A run whose
-``results.json`` exists is skipped. Each seed's score is its last evaluation (``eval_episodes``
-greedy episodes), normalised with the dataset's own measured random/expert returns and with
-D4RL's; the table reports the IQM and its 95% bootstrap CI over seeds beside CORL's published
-D4RL figures (1M gradient steps on D4RL's -v2 datasets).
+(progress, a checkpoint per chunk, resumable) into ``<out>/<algo>/<task>-<level>/``, which also
+gets the first seed's policy (``policy/``, ``agents.core.load_policy`` acts with it without the
+dataset). A run whose ``results.json`` exists is skipped. Each seed's score is its last
+evaluation (``eval_episodes`` greedy episodes), normalised with the dataset's own measured
+random/expert returns and with D4RL's; the table (``<out>/results.md``) reports the IQM and its
+95% bootstrap CI over seeds beside CORL's published D4RL figures (1M gradient steps on D4RL's
+-v2 datasets).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 import tyro
 
 import envs
-from agents.hparams import to_dict
 from agents.iql import IQLConfig, make_iql
 from agents.replay.datasets import episode_returns, load_dataset, normalized_score
 from agents.td3_bc import TD3BCConfig, make_td3_bc
-from experiments.runner import RunFolder, fmt_ci, iqm_ci, plot_curves, run_chunked
+from experiments.plots import plot_curves
+from experiments.runner import RunFolder, fmt_ci, iqm_ci, write_atomic
+from experiments.study import Study, StudyArgs, config_dict, train_policy
 
 ALGOS = {"td3_bc": ("TD3+BC", make_td3_bc), "iql": ("IQL", make_iql)}
 TASKS = ("halfcheetah", "hopper", "walker2d")
@@ -63,25 +64,22 @@ CORL = {
 
 
 @dataclasses.dataclass
-class Args:
+class Args(StudyArgs):
+    out: str = "results/offline"
     algos: tuple[str, ...] = tuple(ALGOS)
     tasks: tuple[str, ...] = TASKS
     levels: tuple[str, ...] = LEVELS
     # Gradient steps per run. Published: 1,000,000. This CPU default fits the 18-run table
     # (2 algos x 3 tasks x 3 levels, 5 vmapped seeds) in about 45 min of one core: 5 seeds run
     # about 130 (TD3+BC) / 100 (IQL) updates per CPU-second, plus compiles and evaluations.
-    steps: int = 5_000
+    total_steps: int = 5_000
     eval_every: int = 2_500  # gradient steps between evaluations
     eval_episodes: int = 10  # greedy episodes per evaluation and seed
-    seeds: int = 5
-    seed: int = 0
     td3_bc: TD3BCConfig = dataclasses.field(default_factory=TD3BCConfig)
     iql: IQLConfig = dataclasses.field(default_factory=IQLConfig)
     root: str | None = None  # dataset root; default $MINARI_DATASETS_PATH or ~/.minari/datasets
     version: int = 0  # dataset ids end in -v<version>
-    out: str = "results/offline"
     updates_per_chunk: int = 1  # evaluations between checkpoints / progress refreshes
-    progress: bool = True
 
     def validate(self) -> None:
         for name, values, known in (
@@ -92,63 +90,61 @@ class Args:
             unknown = set(values) - set(known)
             if unknown:
                 raise ValueError(f"unknown {name} {sorted(unknown)}; choose from {list(known)}")
-        if self.steps % self.eval_every:
+        if self.total_steps % self.eval_every:
             raise ValueError(
-                f"steps={self.steps} must be a multiple of eval_every={self.eval_every}"
+                f"total_steps={self.total_steps} must be a multiple of eval_every={self.eval_every}"
             )
 
     def config(self, algo: str) -> Any:
         """The algorithm's config with this run's budget."""
         return getattr(self, algo).replace(
-            total_steps=self.steps, eval_every=self.eval_every, eval_episodes=self.eval_episodes
+            total_steps=self.total_steps,
+            eval_every=self.eval_every,
+            eval_episodes=self.eval_episodes,
         )
 
 
-def run_one(args: Args, algo: str, task: str, level: str) -> dict:
+def run_one(study: Study, args: Args, algo: str, task: str, level: str) -> dict:
     """Train ``args.seeds`` seeds of ``algo`` on one dataset (or read its finished results)."""
-    folder_path = Path(args.out) / algo / f"{task}-{level}"
-    results_file = folder_path / "results.json"
-    if results_file.exists():
+    path = study.path / algo / f"{task}-{level}"
+    if (path / "results.json").exists():
         print(f"{algo} {task}-{level}: done, skipping")
-        return json.loads(results_file.read_text())
+        return json.loads((path / "results.json").read_text())
     dataset_id = f"skill-agents/{task}-{level}-v{args.version}"
     transitions, meta = load_dataset(dataset_id, args.root)
     env, env_params = envs.make(meta["env_name"], **meta["env_kwargs"])
     refs = (meta["ref_min_score"], meta["ref_max_score"])
     config = args.config(algo)
-    learner = ALGOS[algo][1](config, transitions, env, env_params, ref_scores=refs)
-    run_config = {
-        "experiment": "offline",
-        "algo": algo,
-        "dataset": dataset_id,
-        "seeds": args.seeds,
-        "seed": args.seed,
-        algo: to_dict(config),
-    }
-    folder = RunFolder(folder_path, run_config)
+    name = ALGOS[algo][0]
+    agent = ALGOS[algo][1](config, transitions, env, env_params, ref_scores=refs)
+    # A run's folder records only what changes its results, so a resumed run matches it
+    # whatever else the command line selects.
+    run_config = {"experiment": "offline", "algo": algo, "dataset": dataset_id}
+    run_config |= {"seeds": args.seeds, "seed": args.seed, algo: config_dict(config)}
+    folder = RunFolder(path, run_config)
     print(f"{algo} {task}-{level}: {transitions.reward.shape[0]:,} transitions")
-    _, metrics, timing = run_chunked(
-        learner.init,
-        learner.update,
-        config.num_updates,
-        config.eval_every,
-        jax.random.key(args.seed),
-        args.seeds,
+    _, metrics, timing = train_policy(
         folder,
+        agent,
+        study.key(algo, task, level),
+        args.seeds,
         args.updates_per_chunk,
         args.progress,
+        metadata={"env_name": meta["env_name"], "env_kwargs": meta["env_kwargs"]},
     )
     final = metrics["return"][:, -1]  # [S] last evaluation of each seed
-    own = normalized_score(task, final, *refs)
-    d4rl = normalized_score(task, final)
+    # Scores are increasing affine maps of returns, so their IQM and bootstrap CI are the
+    # returns' mapped (one bootstrap for both normalisations).
+    return_ci = iqm_ci(final)
     behaviour = float(episode_returns(transitions).mean())
     steps = (np.arange(config.num_updates) + 1) * config.eval_every
     plot_curves(
-        folder.path / "learning_curve.png",
+        path / "learning_curve.png",
         steps,
-        {ALGOS[algo][0]: normalized_score(task, metrics["return"], *refs)},
+        {name: normalized_score(task, metrics["return"], *refs)},
+        "gradient steps per seed",
         "normalised score (dataset's references)",
-        f"{ALGOS[algo][0]} on {dataset_id}",
+        f"{name} on {dataset_id}",
     )
     results = {
         "algo": algo,
@@ -158,27 +154,29 @@ def run_one(args: Args, algo: str, task: str, level: str) -> dict:
         "transitions": int(transitions.reward.shape[0]),
         "ref_scores": list(refs),
         "final_return_per_seed": final.tolist(),
-        "score_iqm_ci": iqm_ci(own),
-        "d4rl_score_iqm_ci": iqm_ci(d4rl),
+        "score_iqm_ci": normalized_score(task, np.array(return_ci), *refs).tolist(),
+        "d4rl_score_iqm_ci": normalized_score(task, np.array(return_ci)).tolist(),
         "behaviour_score": normalized_score(task, behaviour, *refs),
-        "corl": CORL[algo].get((task, level)),
-        "gradient_steps": args.steps,
-        "updates_per_s": args.seeds * args.steps / max(timing["run_s"], 1e-9),
+        "gradient_steps": args.total_steps,
+        "updates_per_s": timing["steps_per_s"],  # over all seeds, including evaluations
         **timing,
     }
-    results_file.write_text(json.dumps(results, indent=2))
-    (folder.path / "summary.md").write_text(_table([results]))
+    if (task, level) in CORL[algo]:
+        results["corl"] = CORL[algo][task, level]
+    write_atomic(path / "results.json", json.dumps(results, indent=2))
+    write_atomic(path / "summary.md", table([results]))
     return results
 
 
-def _table(rows: list[dict]) -> str:
+def table(rows: list[dict]) -> str:
+    """The results table: our scores beside the dataset's behaviour and CORL's figures."""
     lines = [
         "| algorithm | dataset | score IQM [95% CI] | with D4RL refs | dataset's own | CORL (D4RL) "
         "| steps | updates/s (incl. eval) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        corl = "" if r["corl"] is None else f"{r['corl']:.1f}"
+        corl = f"{r['corl']:.1f}" if r.get("corl") is not None else ""
         lines.append(
             f"| {ALGOS[r['algo']][0]} | {r['task']}-{r['level']} | "
             f"{fmt_ci(r['score_iqm_ci'], 1)} | "
@@ -188,22 +186,19 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(args: Args) -> list[dict]:
-    """Run every (algo, task, level); write ``<out>/results.md`` and ``results.json``."""
+def main(args: Args) -> dict:
+    """Run every (algo, task, level); write ``<out>/results.md``, ``results.json``, summary."""
     args.validate()
+    study = Study("offline", args)
     rows = [
-        run_one(args, algo, task, level)
+        run_one(study, args, algo, task, level)
         for task in args.tasks
         for level in args.levels
         for algo in args.algos
     ]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
-    table = _table(rows)
-    (out / "results.md").write_text(table)
-    print(table)
-    return rows
+    text = table(rows)
+    write_atomic(study.path / "results.md", text)
+    return study.finish({"runs": rows}, text)
 
 
 if __name__ == "__main__":

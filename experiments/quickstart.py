@@ -4,8 +4,8 @@
    (goal-conditioned navigation), 5 seeds in one vmapped program, against the scripted expert.
 2. Memory Sequence (in-weights, a sequence a memoryless policy cannot reproduce):
    recurrent vs feed-forward PPO, 3 seeds each.
-Each study writes its run folder (config, metrics, checkpoints, learning curve, summary,
-an exported policy) under ``--out``; a combined ``summary.md`` sits at the top.
+Each run writes its folder (config, metrics, checkpoints, learning curve, an exported policy)
+under ``--out``; the combined ``summary.md`` and ``results.json`` sit at the top.
 
     python -m experiments.quickstart
 """
@@ -13,38 +13,40 @@ an exported policy) under ``--out``; a combined ``summary.md`` sits at the top.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
-from pathlib import Path
 
 import jax
+import numpy as np
 import tyro
 
 import envs
-from agents.ppo import PPOConfig
+from agents.evaluation import evaluate
+from agents.ppo import PPOConfig, make_ppo
 from envs.gridworlds.multi_skill import rollout_expert
-from experiments import ppo as ppo_experiment
+from experiments.plots import plot_curves
+from experiments.runner import fmt_ci, iqm_ci
+from experiments.study import Study, StudyArgs, train_policy
 
 # A sequence whose next symbol is not a function of the previous one: memory is required.
 MEMORY_SEQUENCE = [0, 1, 0, 2, 0, 1, 0, 2]
+MEMORY = {"num_symbols": 3, "seq_len": 8, "num_trials": 1, "fixed_sequence": True}
 MULTI_SKILL = {"reveal_skill": True, "min_skill_len": 64, "max_skill_len": 64}
 
 
 @dataclasses.dataclass
-class Args:
+class Args(StudyArgs):
     out: str = "results/quickstart"
-    seeds: int = 5
     gridworld_steps: int = 250_000
     memory_seeds: int = 3
     memory_steps: int = 300_000
-    progress: bool = True
+    eval_episodes: int = 64  # greedy episodes per seed
 
 
-def gridworld_config(total_timesteps: int) -> PPOConfig:
+def gridworld_config(total_steps: int) -> PPOConfig:
     return PPOConfig(
         num_envs=64,
         num_steps=32,
-        total_timesteps=total_timesteps,
+        total_steps=total_steps,
         num_minibatches=4,
         hidden=(128, 128),
         lr=1e-3,
@@ -52,11 +54,11 @@ def gridworld_config(total_timesteps: int) -> PPOConfig:
     )
 
 
-def memory_config(total_timesteps: int, recurrent: bool) -> PPOConfig:
+def memory_config(total_steps: int, recurrent: bool) -> PPOConfig:
     return PPOConfig(
         num_envs=16,
         num_steps=32,
-        total_timesteps=total_timesteps,
+        total_steps=total_steps,
         num_minibatches=4,
         recurrent=recurrent,
         hidden=(64,),
@@ -67,6 +69,7 @@ def memory_config(total_timesteps: int, recurrent: bool) -> PPOConfig:
 
 
 def expert_return(env_name: str, env_kwargs: dict, episodes: int = 256) -> float:
+    """Mean return of the multi-skill gridworld's scripted expert."""
     env, params = envs.make(env_name, **env_kwargs)
     steps = int(params.max_steps_in_episode)
     demos = jax.jit(jax.vmap(lambda k: rollout_expert(k, env, params, steps)))(
@@ -75,60 +78,56 @@ def expert_return(env_name: str, env_kwargs: dict, episodes: int = 256) -> float
     return float(demos.reward.sum(axis=1).mean())
 
 
-def main(args: Args) -> dict:
-    out = Path(args.out)
-    t0 = time.perf_counter()
-    grid = ppo_experiment.main(
-        ppo_experiment.Args(
-            env="MultiSkill",
-            env_kwargs=json.dumps(MULTI_SKILL),
-            seeds=args.seeds,
-            ppo=gridworld_config(args.gridworld_steps),
-            out=str(out / "multiskill_ppo"),
-            progress=args.progress,
-        )
+def run(study: Study, name: str, config: PPOConfig, env_name: str, env_kwargs: dict, seeds: int):
+    """PPO on one env over ``seeds`` seeds: training curve plot, greedy returns [S] per seed."""
+    env, params = envs.make(env_name, **env_kwargs)
+    ppo = make_ppo(config, env, params)
+    folder = study.folder(name, env=env_name, env_kwargs=env_kwargs, ppo=config, seeds=seeds)
+    key = study.key(name, "train")
+    state, metrics, _ = train_policy(folder, ppo, key, seeds, progress=study.args.progress)
+    greedy = lambda p, k: evaluate(k, env, params, ppo.policy, p, study.args.eval_episodes)
+    keys = jax.random.split(study.key(name, "evaluate"), seeds)
+    returns = jax.jit(jax.vmap(greedy))(ppo.policy_params(state), keys)["return"].mean(axis=1)
+    steps = (np.arange(config.num_updates) + 1) * config.batch_size
+    plot_curves(
+        folder.path / "learning_curve.png",
+        steps,
+        {name: metrics["return"]},
+        "environment steps per seed",
+        "episode return (training)",
+        f"PPO on {env_name}",
     )
-    expert = expert_return("MultiSkill", MULTI_SKILL)
-    memory = {}
-    for recurrent in (True, False):
-        name = "recurrent" if recurrent else "feedforward"
-        memory[name] = ppo_experiment.main(
-            ppo_experiment.Args(
-                env="MemorySequence",
-                env_kwargs=json.dumps(
-                    {
-                        "num_symbols": 3,
-                        "seq_len": len(MEMORY_SEQUENCE),
-                        "num_trials": 1,
-                        "fixed_sequence": True,
-                        "sequence": MEMORY_SEQUENCE,
-                    }
-                ),
-                seeds=args.memory_seeds,
-                ppo=memory_config(args.memory_steps, recurrent),
-                out=str(out / f"memory_{name}"),
-                progress=args.progress,
-            )
+    return iqm_ci(np.asarray(returns))
+
+
+def main(args: Args) -> dict:
+    study = Study("quickstart", args)
+    memory_env = {**MEMORY, "sequence": MEMORY_SEQUENCE}
+    grid = gridworld_config(args.gridworld_steps)
+    results = {
+        "multiskill": run(study, "multiskill_ppo", grid, "MultiSkill", MULTI_SKILL, args.seeds),
+        "expert": expert_return("MultiSkill", MULTI_SKILL),
+    }
+    for recurrent, name in ((True, "recurrent"), (False, "feedforward")):
+        config = memory_config(args.memory_steps, recurrent)
+        results[name] = run(
+            study, f"memory_{name}", config, "MemorySequence", memory_env, args.memory_seeds
         )
-    g = grid["greedy_return_iqm_ci"]
     lines = [
         "# Quickstart results",
         "",
-        "| study | greedy return IQM | 95% CI | reference |",
-        "|---|---|---|---|",
-        f"| PPO, multi-skill gridworld, command visible | {g[0]:.2f} | [{g[1]:.2f}, {g[2]:.2f}] "
-        f"| scripted expert {expert:.2f} |",
+        "| study | greedy return IQM [95% CI] | reference |",
+        "|---|---|---|",
+        f"| PPO, multi-skill gridworld, command visible ({args.seeds} seeds) | "
+        f"{fmt_ci(results['multiskill'])} | scripted expert {results['expert']:.2f} |",
     ]
-    for name, r in memory.items():
-        m = r["greedy_return_iqm_ci"]
+    for name in ("recurrent", "feedforward"):
         lines.append(
-            f"| {name} PPO, Memory Sequence {MEMORY_SEQUENCE} | {m[0]:.2f} | "
-            f"[{m[1]:.2f}, {m[2]:.2f}] | perfect {len(MEMORY_SEQUENCE)} |"
+            f"| {name} PPO, Memory Sequence {MEMORY_SEQUENCE} ({args.memory_seeds} seeds) | "
+            f"{fmt_ci(results[name])} | perfect {len(MEMORY_SEQUENCE)} |"
         )
-    lines += ["", f"Total wall-clock {time.perf_counter() - t0:.0f} s."]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return {"gridworld": grid, "expert": expert, "memory": memory}
+    lines += ["", f"Total wall-clock {time.perf_counter() - study.start:.0f} s."]
+    return study.finish(results, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

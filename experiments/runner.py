@@ -1,15 +1,22 @@
-"""Run any ``init``/``update`` learner over many seeds in one vmapped program, in chunks.
+"""One resumable loop for every run: chunks of work, metrics lines, a checkpoint per chunk.
 
-A run writes one folder: ``config.json``, ``metrics.jsonl`` (one line per update, per-seed
-values), ``checkpoints/`` (orbax, one per chunk), PNG plots and ``summary.md``. Stopping a
-run and starting it again with the same folder resumes from its last checkpoint and reaches
-the same final state as an uninterrupted run.
+    folder = RunFolder("results/ppo", config)
+    state, metrics, timing = run_chunked(agent, key, num_seeds, folder)   # any Agent, vmapped
+    state, lines = run_loop(folder, state, step, total)                   # any chunked loop
+
+A run folder holds ``config.json``, ``metrics.jsonl`` (one line per step, per-seed values),
+``checkpoints/`` (orbax, one per chunk), plots, ``results.json`` and ``summary.md``. Starting a
+run again with the same folder resumes from its last checkpoint and reaches the same final state
+as an uninterrupted run. Aggregates over seeds are interquartile means with 95% stratified
+bootstrap confidence intervals (rliable).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -17,22 +24,40 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from agents.checkpoint import Checkpointer
+from agents.core import Agent
+
+__all__ = [
+    "RunFolder",
+    "final_score",
+    "fmt_ci",
+    "iqm",
+    "iqm_ci",
+    "run_chunked",
+    "run_loop",
+    "write_atomic",
+]
+
+
+def iqm(scores: np.ndarray) -> float:
+    """Interquartile mean of all ``scores``: ``rliable.metrics.aggregate_iqm`` (scipy's
+    ``trim_mean(scores, 0.25)``) without scipy's per-call overhead, which dominates bootstraps."""
+    x = np.sort(np.asarray(scores, np.float64).ravel())
+    cut = int(0.25 * x.size)
+    return float(x[cut : x.size - cut].mean())
 
 
 def iqm_ci(values: np.ndarray, reps: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """Interquartile mean of ``values`` [num_seeds] with a 95% stratified-bootstrap CI (rliable)."""
     from rliable import library as rly
-    from rliable import metrics
 
     values = np.asarray(values, dtype=np.float64).reshape(-1, 1)
     np.random.seed(seed)  # rliable's bootstrap draws from numpy's global generator
-    point, ci = rly.get_interval_estimates(
-        {"x": values}, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps
-    )
+    point, ci = rly.get_interval_estimates({"x": values}, lambda x: np.array([iqm(x)]), reps=reps)
     return float(point["x"][0]), float(ci["x"][0, 0]), float(ci["x"][1, 0])
 
 
@@ -49,159 +74,160 @@ def final_score(returns: np.ndarray, fraction: float = 0.1) -> np.ndarray:
         return np.nanmean(returns[:, -k:], axis=1)
 
 
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never half-written."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _finite_or_none(x: Any) -> Any:
+    if isinstance(x, list):
+        return [_finite_or_none(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
 class RunFolder:
-    """The files of one run: config, metrics log, checkpoints, plots and summary."""
+    """The files of one run: config, metrics log, checkpoints, plots and results."""
 
     def __init__(self, path: str | Path, config: Mapping[str, Any]):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self.config = dict(config)
+        self.config = json.loads(json.dumps(dict(config), sort_keys=True))
         config_file = self.path / "config.json"
         if not config_file.exists():
-            config_file.write_text(json.dumps(self.config, indent=2, sort_keys=True))
+            write_atomic(config_file, json.dumps(self.config, indent=2, sort_keys=True))
         self.metrics_file = self.path / "metrics.jsonl"
 
-    def read_metrics(self, upto: int | None = None) -> list[dict]:
-        """Metric lines with ``update < upto`` (all when None)."""
+    def read_metrics(self, upto: int | None = None, index: str = "update") -> list[dict]:
+        """Metric lines with ``line[index] < upto`` (all when None)."""
         if not self.metrics_file.exists():
             return []
         lines = [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line]
-        return [m for m in lines if upto is None or m["update"] < upto]
+        return [m for m in lines if upto is None or m[index] < upto]
 
     def rewrite_metrics(self, lines: list[dict]) -> None:
-        tmp = self.metrics_file.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(m) + "\n" for m in lines))
-        tmp.replace(self.metrics_file)
+        write_atomic(self.metrics_file, "".join(json.dumps(m) + "\n" for m in lines))
 
     def append_metrics(self, lines: list[dict]) -> None:
         with self.metrics_file.open("a") as f:
             f.writelines(json.dumps(m) + "\n" for m in lines)
 
 
-def _to_lines(
-    metrics: dict[str, np.ndarray], first_update: int, steps_per_update: int
-) -> list[dict]:
-    """[S, N] metric arrays -> one JSON line per update with per-seed lists (NaN -> null)."""
-    n = next(iter(metrics.values())).shape[1]
-    lines = []
-    for i in range(n):
-        line = {"update": first_update + i, "env_steps": (first_update + i + 1) * steps_per_update}
-        for k, v in metrics.items():
-            line[k] = [None if not math.isfinite(x) else float(x) for x in v[:, i]]
-        lines.append(line)
-    return lines
+def run_loop(
+    folder: RunFolder,
+    state: Any,
+    step: Callable[[Any, int, int], tuple[Any, dict]],
+    total: int,
+    chunk: int = 1,
+    index: str = "update",
+    on_chunk: Callable[[int, int, dict], None] | None = None,
+) -> tuple[Any, list[dict]]:
+    """Run ``state, metrics = step(state, start, n)`` over ``[0, total)`` in chunks, resumably.
+
+    ``metrics`` is a dict of arrays whose leading axis has ``n`` entries, one metrics line each
+    (``{index: start + i, name: value[i]}``). After every chunk the lines are appended to
+    ``metrics.jsonl`` and ``state`` is checkpointed; starting again with the same folder and
+    config restores the last checkpoint (``state`` is the template) and continues. ``step``
+    must be deterministic in ``(state, start, n)`` for a resumed run to equal an uninterrupted
+    one. ``on_chunk(start, n, metrics)`` runs after each chunk (progress, logging). Returns the
+    final state and every metrics line.
+    """
+    if total < 1 or chunk < 1:
+        raise ValueError(f"total={total} and chunk={chunk} must be >= 1")
+    ckpt = Checkpointer(folder.path / "checkpoints", folder.config)
+    done = ckpt.latest_step() or 0
+    if done:  # saved as {"state": state}: orbax stores no bare array
+        state = ckpt.restore({"state": state}, done)["state"]
+    folder.rewrite_metrics(folder.read_metrics(upto=done, index=index))  # drop lines past it
+    while done < total:
+        n = min(chunk, total - done)
+        state, metrics = jax.block_until_ready(step(state, done, n))
+        metrics = jax.tree.map(np.asarray, metrics)
+        lines = [
+            {index: done + i, **{k: _finite_or_none(v[i].tolist()) for k, v in metrics.items()}}
+            for i in range(n)
+        ]
+        folder.append_metrics(lines)
+        ckpt.save(done + n, {"state": state})
+        if on_chunk is not None:
+            on_chunk(done, n, metrics)
+        done += n
+    return state, folder.read_metrics(index=index)
 
 
 def run_chunked(
-    init: Callable[[jax.Array], Any],
-    update: Callable[[Any], tuple[Any, dict]],
-    num_updates: int,
-    steps_per_update: int,
+    agent: Agent,
     key: jax.Array,
     num_seeds: int,
     folder: RunFolder,
     updates_per_chunk: int = 50,
     progress: bool = True,
 ) -> tuple[Any, dict[str, np.ndarray], dict[str, float]]:
-    """Train ``num_seeds`` seeds with vmapped ``update`` for ``num_updates`` updates, resumably.
+    """Train ``num_seeds`` seeds of ``agent`` (vmapped ``update``s) for ``agent.num_updates``.
 
     Returns (final batched state, metrics {name: [num_seeds, num_updates]}, timing figures).
+    The metrics lines count ``agent.step_unit`` (``env_steps`` or ``gradient_steps``) per seed.
     """
     if num_seeds < 1 or updates_per_chunk < 1:
         raise ValueError("num_seeds and updates_per_chunk must be >= 1")
-    keys = jax.random.split(key, num_seeds)
     t0 = time.perf_counter()
-    state = jax.jit(jax.vmap(init))(keys)
-    ckpt = Checkpointer(folder.path / "checkpoints", folder.config)
-    done = ckpt.latest_step() or 0
-    if done:
-        state = ckpt.restore(state, done)
-        folder.rewrite_metrics(folder.read_metrics(upto=done))  # drop lines past the checkpoint
-    else:
-        folder.rewrite_metrics([])
+    # seeds initialised one at a time: one small compile (a vmapped init compiles for as long as
+    # a training chunk, mostly the orthogonal initialisers' batched QR); same values as vmap
+    init = jax.jit(agent.init)
+    seeds = [init(k) for k in jax.random.split(key, num_seeds)]
+    state = jax.tree.map(lambda *xs: jnp.stack(xs), *seeds)
+    per_update = agent.steps_per_update
+    compiled: dict[int, Any] = {}
+    timing = {"compile_s": 0.0, "run_s": 0.0}
 
-    def chunk_fn(n):
-        body = lambda s, _: update(s)
-        return jax.jit(jax.vmap(lambda s: jax.lax.scan(body, s, None, n)))
+    def step(state, start, n):
+        if n not in compiled:
+            scan = lambda s: jax.lax.scan(lambda s, _: agent.update(s), s, None, n)
+            tc = time.perf_counter()
+            compiled[n] = jax.jit(jax.vmap(scan)).lower(state).compile()
+            timing["compile_s"] += time.perf_counter() - tc
+        tr = time.perf_counter()
+        state, metrics = jax.block_until_ready(compiled[n](state))
+        timing["run_s"] += time.perf_counter() - tr
+        metrics = {k: np.asarray(v).T for k, v in metrics.items()}  # [S, n] -> [n, S]
+        steps = (start + 1 + np.arange(n)) * per_update
+        return state, {agent.step_unit.replace(" ", "_"): steps, **metrics}
 
-    chunk = chunk_fn(min(updates_per_chunk, num_updates))
-    compiled, compile_s = {}, 0.0
     bar = tqdm(
-        total=num_updates * steps_per_update,
-        initial=done * steps_per_update,
+        total=agent.num_updates * per_update,
         unit="step",
         unit_scale=True,
         disable=not progress,
-        desc="env steps/seed",
+        desc=f"{agent.step_unit}/seed",
     )
-    run_s, last_return = 0.0, float("nan")
-    while done < num_updates:
-        n = min(updates_per_chunk, num_updates - done)
-        if n not in compiled:
-            tc = time.perf_counter()
-            compiled[n] = (chunk if n == updates_per_chunk else chunk_fn(n)).lower(state).compile()
-            compile_s += time.perf_counter() - tc
-        tr = time.perf_counter()
-        state, metrics = jax.block_until_ready(compiled[n](state))
-        run_s += time.perf_counter() - tr
-        metrics = jax.tree.map(np.asarray, metrics)
-        folder.append_metrics(_to_lines(metrics, done, steps_per_update))
-        done += n
-        ckpt.save(done, state)
-        if "return" in metrics and np.isfinite(metrics["return"]).any():
-            last_return = float(np.nanmean(metrics["return"][:, -max(1, n // 10) :]))
-        bar.update(n * steps_per_update)
-        bar.set_postfix(
-            steps_per_s=f"{num_seeds * done * steps_per_update / max(run_s, 1e-9):,.0f}",
-            ret=f"{last_return:.2f}",
-        )
+    last = {"return": float("nan"), "steps": 0}
+
+    def on_chunk(start, n, metrics):
+        if bar.n == 0:
+            bar.update(start * per_update)  # resumed: what earlier runs did
+        ret = metrics.get("return")
+        if ret is not None and np.isfinite(ret).any():
+            last["return"] = float(np.nanmean(ret[-max(1, n // 10) :]))
+        bar.update(n * per_update)
+        last["steps"] += num_seeds * n * per_update
+        rate = last["steps"] / max(timing["run_s"], 1e-9)
+        bar.set_postfix(steps_per_s=f"{rate:,.0f}", ret=f"{last['return']:.2f}")
+
+    state, lines = run_loop(
+        folder, state, step, agent.num_updates, updates_per_chunk, on_chunk=on_chunk
+    )
     bar.close()
-    lines = folder.read_metrics()
-    names = [k for k in lines[0] if k not in ("update", "env_steps")] if lines else []
+    names = [k for k in lines[0] if k not in ("update", "env_steps", "gradient_steps")]
     metrics = {
         k: np.array([[np.nan if v is None else v for v in m[k]] for m in lines]).T for k in names
     }
-    timing = {
+    timing |= {  # steps_per_s: over all seeds, this call's chunks only (NaN if none ran)
         "wall_s": time.perf_counter() - t0,
-        "compile_s": compile_s,
-        "run_s": run_s,
-        "env_steps_per_s": num_seeds * num_updates * steps_per_update / max(run_s, 1e-9),
+        "steps_per_s": last["steps"] / timing["run_s"] if timing["run_s"] else float("nan"),
     }
     return state, metrics, timing
-
-
-def plot_curves(
-    path: Path, env_steps: np.ndarray, curves: Mapping[str, np.ndarray], ylabel: str, title: str
-) -> None:
-    """PNG of IQM across seeds (line) with the 25-75% band, for each named [S, N] curve."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from scipy import stats
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, y in curves.items():
-        y = _ffill(y)
-        iqm = stats.trim_mean(y, 0.25, axis=0)
-        lo, hi = np.nanpercentile(y, [25, 75], axis=0)
-        ax.plot(env_steps, iqm, label=f"{name} (IQM, {y.shape[0]} seeds)")
-        ax.fill_between(env_steps, lo, hi, alpha=0.25)
-    ax.set_xlabel("environment steps per seed")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _ffill(y: np.ndarray) -> np.ndarray:
-    """Carry the last finite value forward along axis 1 (updates where no episode ended)."""
-    y = np.array(y, dtype=np.float64)
-    for row in y:
-        last = np.nan
-        for i, v in enumerate(row):
-            last = v if np.isfinite(v) else last
-            row[i] = last
-    return y

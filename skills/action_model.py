@@ -1,12 +1,15 @@
 """The action model of skill-boundary detection: unconditional, causal, recurrent behaviour cloning.
 
-``pi(a_t | o_<=t)``: an embedding MLP, a resettable GRU and a categorical (discrete actions) or
-diagonal-Gaussian (continuous actions) head, trained by maximum likelihood on unsegmented
-demonstrations with no skill input. Its per-step negative log-likelihood, with the memory reset
-at detected boundaries, is what ``skills.boundary.detect_boundaries`` thresholds.
+``pi(a_t | o_<=t)``: ``agents.networks.recurrent_torso`` (embedding MLP, resettable GRU), a head
+MLP and a categorical (discrete actions) or diagonal-Gaussian (continuous actions) head, trained
+by maximum likelihood (``agents.bc``) on unsegmented demonstrations with no skill input. Its
+per-step negative log-likelihood, with the memory reset at detected boundaries, is what
+``skills.boundary.detect_boundaries`` thresholds.
 
-    model = make_action_model(config, action_space)
-    params, metrics = jax.jit(make_train(config, action_space))(key, demos)   # demos [N, T]
+    agent = make_action_model(config, action_space, demos)      # demos: Transition [N, T, ...]
+    state, metrics = jax.jit(agent.train)(key)                    # metrics["loss"] [total_steps]
+    params = agent.policy_params(state)                           # agent.policy acts (carry: GRU)
+    model = ActionModel.create(config, action_space)              # the views SBD scores with
     seg = jax.vmap(lambda o, a: detect_boundaries(model.step_fn(params), model.initial_memory(),
                                                   (o, a), BoundaryConfig(gap=2.0)))(obs, action)
 """
@@ -21,11 +24,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import struct
 
-from agents.hparams import require, static, sweepable
-from agents.networks import MLP, PolicyHead, ResettableGRU, activation_fn
+from agents.bc import BCConfig, make_bc
+from agents.core import Agent, Policy, policy_spec
+from agents.hparams import require, require_fields, static
+from agents.networks import MLP, PolicyHead, ResettableGRU, activation_fn, recurrent_torso
 from agents.replay import Transition
 from envs.core import is_concrete, spaces
 
@@ -33,40 +37,32 @@ __all__ = [
     "ActionModel",
     "ActionModelConfig",
     "ActionModelNet",
+    "action_model_policy",
     "episode_starts",
     "make_action_model",
-    "make_train",
 ]
 
 
 @struct.dataclass
-class ActionModelConfig:
-    """Network sizes and training loop (static) and optimiser settings (vmappable)."""
+class ActionModelConfig(BCConfig):
+    """Network sizes (static) and the behaviour-cloning loop (``agents.bc.BCConfig``)."""
 
+    total_steps: int = static(2_000)  # gradient steps
+    batch_size: int = static(32)  # whole trajectories per gradient step
     embed: tuple[int, ...] = static((128,))
     gru_hidden: int = static(128)
     head: tuple[int, ...] = static((128,))
     activation: str = static("tanh")
-    num_updates: int = static(2_000)
-    batch_size: int = static(32)  # whole trajectories per update
-    lr: float = sweepable(1e-3)
-    max_grad_norm: float = sweepable(1.0)
 
     def validate(self) -> None:
         """Raise a ValueError naming the first invalid setting."""
-        for name in ("gru_hidden", "num_updates", "batch_size"):
-            require(getattr(self, name) >= 1, f"ActionModelConfig.{name} must be >= 1")
+        BCConfig.validate(self)
+        require_fields(self, {"gru_hidden": (lambda v: v >= 1, ">= 1")})
         activation_fn(self.activation)
-        for name in ("lr", "max_grad_norm"):
-            v = getattr(self, name)
-            if is_concrete(v):
-                require(
-                    bool(np.all(np.asarray(v) > 0)), f"ActionModelConfig.{name}={v} must be > 0"
-                )
 
 
 class ActionModelNet(nn.Module):
-    """Embedding MLP -> resettable GRU -> head MLP -> action distribution."""
+    """``recurrent_torso`` -> head MLP -> action distribution."""
 
     action_dim: int
     discrete: bool
@@ -80,17 +76,61 @@ class ActionModelNet(nn.Module):
         self, carry: jax.Array, obs: jax.Array, resets: jax.Array
     ) -> tuple[jax.Array, distrax.Distribution]:
         # carry [B, H], obs [T, B, D], resets [T, B] -> (carry [B, H], dist over [T, B])
-        x = MLP(self.embed, self.activation)(obs)
-        carry, x = ResettableGRU(self.hidden_size)(carry, x, resets)
+        carry, x = recurrent_torso(
+            carry, obs, resets, self.embed, self.hidden_size, self.activation
+        )
         return carry, PolicyHead(self.action_dim, self.discrete)(MLP(self.head, self.activation)(x))
 
 
+def action_model_policy(
+    action_dim: int,
+    discrete: bool,
+    embed: Sequence[int],
+    gru_hidden: int,
+    head: Sequence[int],
+    activation: str,
+) -> Policy:
+    """The action model as a policy: samples (or takes the mode of) ``pi(a_t | o_<=t)``; its
+    carry is the GRU memory [B, gru_hidden]."""
+    embed, head = tuple(embed), tuple(head)
+    network = ActionModelNet(action_dim, discrete, embed, gru_hidden, head, activation)
+
+    def act(params, carry, obs, key, deterministic=False):
+        no_reset = jnp.zeros((1, obs.shape[0]), bool)
+        carry, pi = network.apply(params, carry, obs[None], no_reset)
+        action = pi.mode() if deterministic else pi.sample(seed=key)
+        return carry, action[0]
+
+    spec = policy_spec(
+        action_model_policy,
+        action_dim=action_dim,
+        discrete=discrete,
+        embed=embed,
+        gru_hidden=gru_hidden,
+        head=head,
+        activation=activation,
+    )
+    return Policy(act, lambda b: ResettableGRU.initial_carry(b, gru_hidden), spec)
+
+
 class ActionModel(NamedTuple):
-    """The network with the views SBD and training need."""
+    """The network with the views SBD and training need (``create`` builds it)."""
 
     network: ActionModelNet
     discrete: bool
     hidden_size: int
+    policy: Policy
+
+    @staticmethod
+    def create(config: ActionModelConfig, action_space: spaces.Space) -> ActionModel:
+        """The action model ``config`` describes for ``action_space`` (Discrete or Box)."""
+        config.validate()
+        discrete = isinstance(action_space, spaces.Discrete)
+        action_dim = int(action_space.n) if discrete else int(np.prod(action_space.shape))
+        sizes = (config.embed, config.gru_hidden, config.head, config.activation)
+        network = ActionModelNet(action_dim, discrete, *sizes)
+        policy = action_model_policy(action_dim, discrete, *sizes)
+        return ActionModel(network, discrete, config.gru_hidden, policy)
 
     def init(self, key: jax.Array, obs_dim: int) -> Any:
         carry = ResettableGRU.initial_carry(1, self.hidden_size)
@@ -116,17 +156,6 @@ class ActionModel(NamedTuple):
             return carry[0], -pi.log_prob(action[None, None])[0, 0]
 
         return step
-
-
-def make_action_model(config: ActionModelConfig, action_space: spaces.Space) -> ActionModel:
-    """The action model ``config`` describes for ``action_space`` (Discrete or Box)."""
-    config.validate()
-    discrete = isinstance(action_space, spaces.Discrete)
-    action_dim = int(action_space.n) if discrete else int(np.prod(action_space.shape))
-    net = ActionModelNet(
-        action_dim, discrete, config.embed, config.gru_hidden, config.head, config.activation
-    )
-    return ActionModel(net, discrete, config.gru_hidden)
 
 
 def episode_starts(terminated: jax.Array, truncated: jax.Array) -> jax.Array:
@@ -165,40 +194,29 @@ def _check_demos(demos: Transition, discrete: bool) -> None:
         )
 
 
-def make_train(
-    config: ActionModelConfig, action_space: spaces.Space
-) -> Callable[[jax.Array, Transition], tuple[Any, dict[str, jax.Array]]]:
-    """``train(key, demos) -> (params, {"loss": [num_updates]})``: maximum-likelihood BC.
+def make_action_model(
+    config: ActionModelConfig, action_space: spaces.Space, demos: Transition
+) -> Agent:
+    """Maximum-likelihood BC of the action model on ``demos`` as an ``agents.core.Agent``.
 
     ``demos`` is a ``Transition`` of whole trajectories [N, T, ...]; episodes inside a trajectory
-    (ended by ``terminated | truncated``) reset the memory. Each update is an Adam step on the
-    mean per-step NLL of ``batch_size`` trajectories drawn without replacement.
+    (ended by ``terminated | truncated``) reset the memory. Each gradient step is an Adam step on
+    the mean per-step NLL of ``batch_size`` trajectories drawn without replacement.
     """
-    model = make_action_model(config, action_space)
-    tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.lr))
+    model = ActionModel.create(config, action_space)
+    _check_demos(demos, model.discrete)
+    num = demos.obs.shape[0]
+    time_major = lambda x: jnp.swapaxes(x, 0, 1)  # [B, T, ...] -> [T, B, ...]
 
-    def train(key: jax.Array, demos: Transition) -> tuple[Any, dict[str, jax.Array]]:
-        _check_demos(demos, model.discrete)
-        num = demos.obs.shape[0]
-        resets = episode_starts(demos.terminated, demos.truncated)
-        time_major = lambda x: jnp.swapaxes(x, 0, 1)  # [B, T, ...] -> [T, B, ...]
+    def sample(key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+        idx = jax.random.choice(key, num, (min(batch_size, num),), replace=False)
+        resets = episode_starts(demos.terminated[idx], demos.truncated[idx])
+        return time_major(demos.obs[idx]), time_major(demos.action[idx]), time_major(resets)
 
-        def loss_fn(params, idx):
-            obs, action, res = (time_major(x[idx]) for x in (demos.obs, demos.action, resets))
-            return model.nll(params, obs, action, res).mean()
-
-        def update(state, key):
-            params, opt_state = state
-            idx = jax.random.choice(key, num, (min(config.batch_size, num),), replace=False)
-            loss, grads = jax.value_and_grad(loss_fn)(params, idx)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), loss
-
-        key_init, key_train = jax.random.split(key)
-        params = model.init(key_init, demos.obs.shape[-1])
-        (params, _), loss = jax.lax.scan(
-            update, (params, tx.init(params)), jax.random.split(key_train, config.num_updates)
-        )
-        return params, {"loss": loss}
-
-    return train
+    return make_bc(
+        config,
+        model.policy,
+        lambda key: model.init(key, demos.obs.shape[-1]),
+        sample,
+        lambda params, batch: model.nll(params, *batch).mean(),
+    )

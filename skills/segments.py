@@ -9,13 +9,13 @@ into goal-conditioned training data (each step's goal is where its segment ended
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from agents.hparams import require
-from envs.gridworlds.multi_skill import boundaries_to_segments
 
 __all__ = [
     "BoundaryCounts",
@@ -23,12 +23,29 @@ __all__ = [
     "fixed_length_boundaries",
     "hindsight_goals",
     "match_boundaries",
+    "pooled_counts",
     "random_boundaries",
     "segment_end",
     "to_segments",
 ]
 
-to_segments = boundaries_to_segments  # bool [T] -> [(start, end), ...], half-open, host numpy
+
+def to_segments(boundary: Any) -> list[tuple[int, int]]:
+    """Half-open ``(start, end)`` segments (host numpy) of a bool [T] boundary array.
+
+    Each segment starts at index 0 or at a True entry and runs up to the next True entry
+    (exclusive) or to T; ``range(start, end)`` are the steps of one segment.
+    """
+    boundary = np.asarray(boundary, dtype=bool)
+    if boundary.ndim != 1:
+        raise ValueError(
+            f"to_segments: expected a 1-D [T] array, got shape {boundary.shape}; "
+            "call it once per trajectory."
+        )
+    starts = np.flatnonzero(boundary)
+    starts = np.concatenate([[0], starts[starts > 0]]).astype(int)
+    ends = np.append(starts[1:], boundary.size)
+    return [(int(s), int(e)) for s, e in zip(starts, ends) if e > s]
 
 
 def fixed_length_boundaries(length: int | jax.Array, episode_start: jax.Array) -> jax.Array:
@@ -83,6 +100,15 @@ def match_boundaries(
     _, hits = jax.lax.scan(step, true, t)
     count = lambda x: x.sum().astype(jnp.int32)
     return BoundaryCounts(count(hits), count(predicted), count(true))
+
+
+def pooled_counts(
+    predicted: jax.Array, true: jax.Array, start: jax.Array, tolerance: int | jax.Array
+) -> BoundaryCounts:
+    """``match_boundaries`` of each trajectory [N, T], summed over trajectories (episode
+    starts ``start`` [N, T] are ignored)."""
+    match = lambda p, t, s: match_boundaries(p, t, tolerance, s)
+    return jax.tree.map(jnp.sum, jax.vmap(match)(predicted, true, start))
 
 
 def boundary_scores(counts: BoundaryCounts) -> dict[str, jax.Array]:

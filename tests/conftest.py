@@ -24,3 +24,30 @@ def no_compiles():
         assert not compiles, f"{len(compiles)} compilation(s) before the error"
 
     return guard
+
+
+@pytest.fixture(scope="session")
+def dataset_root(tmp_path_factory):
+    """A Minari root with tiny HalfCheetah datasets (50-step episodes of random actions) named as
+    ``experiments.make_datasets`` names them, for the offline studies' smoke tests."""
+    import envs
+    from agents.replay.datasets import collect, save_dataset
+
+    root = tmp_path_factory.mktemp("datasets")
+    env_kwargs = {"backend": "native", "max_steps_in_episode": 50}
+    env, params = envs.make("HalfCheetah", **env_kwargs)
+    low, high = env.action_space(params).low, env.action_space(params).high
+    act = lambda obs, key: jax.random.uniform(key, (obs.shape[0], 6), minval=low, maxval=high)
+    rollout = jax.jit(lambda k: collect(k, env, params, act, 100, 4))
+    for i, level in enumerate(("medium", "medium-replay", "medium-expert")):
+        data = rollout(jax.random.key(i))
+        save_dataset(
+            data,
+            f"skill-agents/halfcheetah-{level}-v0",
+            env_name="HalfCheetah",
+            env_kwargs=env_kwargs,
+            ref_min_score=-20.0,
+            ref_max_score=200.0,
+            root=root,
+        )
+    return root

@@ -18,7 +18,7 @@ from flax import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.checkpoint import Checkpointer, CheckpointError, load_policy, save_policy
+from agents.checkpoint import Checkpointer, CheckpointError, load_params, save_params
 
 CONFIG = {"lr": 3e-4, "net": {"width": 64, "depth": 2}, "env": "GoalSequence", "layers": (64, 64)}
 TX = optax.adam(1e-3)
@@ -186,20 +186,20 @@ def test_corrupt_checkpoint_raises_checkpoint_error(tmp_path: Path, damage: str)
     assert_same_state(Checkpointer(tmp_path, CONFIG).restore(make_state(0), step=1), make_state(1))
 
 
-def test_policy_export_round_trip(tmp_path: Path) -> None:
+def test_params_round_trip(tmp_path: Path) -> None:
     params = make_state(4).params
     metadata = {"network": "mlp", "hidden": [64, 64], "obs_dim": 4, "num_actions": 2}
-    save_policy(tmp_path / "policy", params, metadata)
-    loaded, meta = load_policy(tmp_path / "policy")
+    save_params(tmp_path / "policy", params, metadata)
+    loaded, meta = load_params(tmp_path / "policy")
     assert meta == metadata
     chex.assert_trees_all_equal(loaded, params)
     assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(loaded))
     with pytest.raises(CheckpointError, match="fresh directory"):
-        save_policy(tmp_path / "policy", params, metadata)
-    with pytest.raises(CheckpointError, match="save_policy"):
-        load_policy(tmp_path / "nothing")
+        save_params(tmp_path / "policy", params, metadata)
+    with pytest.raises(CheckpointError, match="export_policy"):
+        load_params(tmp_path / "nothing")
     with pytest.raises(ValueError, match="JSON"):
-        save_policy(tmp_path / "other", params, {"array": np.zeros(2)})
+        save_params(tmp_path / "other", params, {"array": np.zeros(2)})
 
 
 def test_empty_arrays_round_trip(tmp_path):

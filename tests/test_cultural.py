@@ -1,51 +1,56 @@
-"""Cultural accumulation: social channel, oracles, visibility, generations, resume, learning."""
+"""Cultural accumulation: social channel, oracles, visibility, generations, learning."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agents.cultural import (
-    VISIBILITY,
-    InContextConfig,
-    InWeightsConfig,
-    make_in_context_generation,
-    make_in_weights_generation,
-    record_play,
-    run_generations,
-    select_demonstrations,
-)
+from agents.core import Policy, no_carry
 from agents.ppo import PPOConfig
 from envs.gridworlds.goal_sequence import NUM_ACTIONS, GoalSequence
+from envs.gridworlds.memory_sequence import MemorySequence
 from envs.gridworlds.social import (
     SocialGoalSequence,
     SocialMemorySequence,
-    demo_spec,
     visibility_probability,
+)
+from skills.cultural import (
+    VISIBILITY,
+    GoalTask,
+    InContextConfig,
+    InWeightsConfig,
+    make_in_context_generation,
+    make_in_weights_lineage,
+    make_single_lifetime,
+    record_play,
+    select_demonstrations,
 )
 
 ENV = SocialMemorySequence()
 IN_CONTEXT = SocialMemorySequence.in_context_params(num_symbols=3, seq_len=6, num_trials=4)
 
 
-class Copier(NamedTuple):
-    """A scripted ``Policy``: plays the shown symbol when one is shown, else a random one."""
+def scripted(act) -> Policy:
+    """A memoryless ``Policy`` from ``act(obs [B, D], key) -> action [B]``."""
+    return Policy(
+        lambda params, carry, obs, key, deterministic=False: (carry, act(obs, key)), no_carry, {}
+    )
 
-    num_symbols: int
-    memory_size: int = 1
 
-    def initial_carry(self, batch_size: int) -> jax.Array:
-        return jnp.zeros((batch_size, 1))
+def copier(num_symbols: int) -> Policy:
+    """Plays the shown symbol when one is shown, else a random one."""
 
-    def act(self, params, carry, obs, resets, key, deterministic=False):
-        n = self.num_symbols
+    def act(obs, key):
+        n = num_symbols
         shown = jnp.argmax(obs[:, -(n + 2) : -1], axis=-1)  # [B]; n means nothing shown
         guess = jax.random.randint(key, shown.shape, 0, n)
-        return carry, jnp.where(shown < n, shown, guess)
+        return jnp.where(shown < n, shown, guess)
+
+    return scripted(act)
 
 
 def _rollout(params, key, steps):
@@ -78,17 +83,18 @@ def test_visibility_schedule_first_trial_seen_last_unseen() -> None:
         assert abs(per_episode[:, 0].mean() - p_t) < 0.1
 
 
+_RESET = jax.jit(jax.vmap(ENV.reset, in_axes=(0, None)))  # one compile per params layout
+
+
 @pytest.mark.parametrize("accuracy", [0.0, 0.5, 1.0])
 def test_oracle_accuracy(accuracy: float) -> None:
     params = IN_CONTEXT.replace(oracle_accuracy=jnp.float32(accuracy), seq_len=24)
-    _, states = jax.jit(jax.vmap(ENV.reset, in_axes=(0, None)))(
-        jax.random.split(jax.random.key(1), 2048), params
-    )
+    _, states = _RESET(jax.random.split(jax.random.key(1), 2048), params)
     agree = float((states.demo == states.env_state.sequence).mean())
     expected = accuracy + (1 - accuracy) / params.num_symbols  # noise may hit the right symbol
     assert agree == pytest.approx(expected, abs=0.02)
     # the reference's default: accuracy 1 - 1 / (1 + U * seq_len), mean about 0.87 for 24
-    _, states = jax.vmap(ENV.reset, in_axes=(0, None))(
+    _, states = _RESET(
         jax.random.split(jax.random.key(2), 4096), params.replace(oracle_accuracy=None)
     )
     u = np.random.default_rng(0).uniform(size=200_000)
@@ -121,9 +127,8 @@ def test_observation_contents() -> None:
 
 
 def test_in_context_generation_sees_the_previous_generation() -> None:
-    copier = Copier(3)
     config = InContextConfig(generations=3, population=4)
-    generation = jax.jit(make_in_context_generation(config, copier, ENV, IN_CONTEXT))
+    generation = jax.jit(make_in_context_generation(config, copier(3), ENV, IN_CONTEXT))
     sequence = jnp.array([0, 1, 2, 2, 1, 0], jnp.int32)
     demo = jnp.array([0, 1, 2, 0, 0, 0], jnp.int32)  # right for 3 symbols, then wrong
     key = jax.random.key(4)
@@ -146,7 +151,6 @@ def test_in_context_generation_sees_the_previous_generation() -> None:
 
 
 def test_record_play_over_lifetimes() -> None:
-    copier = Copier(3)
     params = IN_CONTEXT.replace(
         demos=jnp.array([[0, 1, 2, 2, 1, 0]]),
         fixed_sequence=True,
@@ -154,40 +158,38 @@ def test_record_play_over_lifetimes() -> None:
         visibility=1.0,
         visibility_decay=False,
     )
-    record = jax.jit(lambda k: record_play(copier, None, ENV, params, k, 2, lifetimes=3))(
+    record = jax.jit(lambda k: record_play(copier(3), None, ENV, params, k, 2, lifetimes=3))(
         jax.random.key(5)
     )
     assert record.trial_returns.shape == (2, 12) and record.trial_actions.shape == (2, 12, 6)
     np.testing.assert_array_equal(record.trial_returns, 6.0)  # a perfect demonstrator copied
 
 
-def test_generation_loop_resumes(tmp_path) -> None:
-    @jax.jit
-    def body(carry, key):
-        return carry + jax.random.uniform(key, carry.shape), carry.sum()
-
-    def generation(carry, g):
-        carry, total = body(carry, jax.random.fold_in(jax.random.key(0), g))
-        return carry, {"total": total}
-
-    init, config = jnp.zeros((3,)), {"test": 1}
-    full, lines = run_generations(generation, init, 4, tmp_path / "full", config)
-
-    calls = []
-
-    def crashing(carry, g):
-        if g == 2 and not calls:
-            calls.append(g)
-            raise KeyboardInterrupt
-        return generation(carry, g)
-
-    with pytest.raises(KeyboardInterrupt):
-        run_generations(crashing, init, 4, tmp_path / "resumed", config)
-    resumed, lines2 = run_generations(crashing, init, 4, tmp_path / "resumed", config)
-    np.testing.assert_array_equal(full, resumed)
-    assert lines == lines2 and [m["generation"] for m in lines2] == [0, 1, 2, 3]
-    log = (tmp_path / "resumed" / "generations.jsonl").read_text().splitlines()
-    assert len(log) == 4
+def test_envs_expose_what_accumulation_needs_and_settings_errors_name_the_fix() -> None:
+    plain = MemorySequence()
+    assert ENV.demo_spec(IN_CONTEXT) == plain.demo_spec(IN_CONTEXT) == (6, 3)
+    _, state = ENV.reset(jax.random.key(0), IN_CONTEXT)
+    clocks = [*ENV.trial_clock(state), *plain.trial_clock(state.env_state)]
+    assert [int(c) for c in clocks] == [0, 0, 0, 0]
+    assert GOAL.demo_spec(GOAL_PARAMS) == (6, NUM_ACTIONS)
+    tiny = PPOConfig(num_envs=2, num_steps=4, total_steps=8, num_minibatches=1, recurrent=True)
+    in_weights = SocialMemorySequence.in_weights_params(0, 3, 6, demos=jnp.zeros((2, 6), jnp.int32))
+    with pytest.raises(ValueError, match="no social channel"):
+        make_in_context_generation(InContextConfig(), copier(3), plain, IN_CONTEXT)
+    with pytest.raises(ValueError, match="visibility decaying over the trials"):
+        make_in_context_generation(InContextConfig(), copier(3), ENV, in_weights)
+    with pytest.raises(ValueError, match="demo_from must be"):
+        make_in_context_generation(InContextConfig(demo_from="first"), copier(3), ENV, IN_CONTEXT)
+    with pytest.raises(ValueError, match="recorded demonstrators"):
+        make_in_weights_lineage(InWeightsConfig(tiny, num_demos=2), ENV, IN_CONTEXT)
+    with pytest.raises(ValueError, match="recorded demonstrators"):
+        make_single_lifetime(InWeightsConfig(tiny, num_demos=2), ENV, IN_CONTEXT)
+    with pytest.raises(ValueError, match="needs recurrent PPO"):
+        make_in_weights_lineage(InWeightsConfig(tiny.replace(recurrent=False)), ENV, in_weights)
+    with pytest.raises(ValueError, match="num_demos=99 exceeds"):
+        make_in_weights_lineage(
+            InWeightsConfig(tiny, num_demos=99, eval_episodes=2), ENV, in_weights
+        )
 
 
 @pytest.mark.slow  # compile-heavy; run with -m slow
@@ -197,7 +199,7 @@ def test_in_weights_learner_copies_a_visible_demonstrator() -> None:
     ppo = PPOConfig(
         num_envs=16,
         num_steps=16,
-        total_timesteps=16 * 16 * 40,
+        total_steps=16 * 16 * 40,
         recurrent=True,
         num_minibatches=2,
         hidden=(32,),
@@ -209,13 +211,16 @@ def test_in_weights_learner_copies_a_visible_demonstrator() -> None:
     params = SocialMemorySequence.in_weights_params(
         7, num_symbols=6, seq_len=8, demos=jnp.zeros((2, 8), jnp.int32)
     )
-    generation = jax.jit(make_in_weights_generation(config, ENV, params))
+    lineage = make_in_weights_lineage(config, ENV, params, VISIBILITY["one"])
     perfect = jnp.tile(params.sequence, (2, 1))
-    demos, m = generation(jax.random.key(6), params, perfect, jnp.array(VISIBILITY["one"]))
+    state = lineage.init(jax.random.key(6))  # past generation 0 (which trains alone):
+    state = state._replace(demos=perfect, generation=jnp.int32(1))
+    state, m = jax.jit(lineage.update)(state)
     social, alone = np.asarray(m["return_social"]), np.asarray(m["return_alone"])
     assert social.min() >= 5.0, social  # max 8; a blind guesser expects about -0.8
     assert social.mean() - alone.mean() >= 2.0, alone  # the channel carries the answer
-    assert demos.shape == (2, 8) and float(m["best_return"]) >= alone.max()
+    assert state.demos.shape == (2, 8) and float(m["best_return"]) >= alone.max()
+    assert int(state.generation) == 2 and lineage.num_updates == 2
 
 
 # --------------------------------------------------------------------------- Goal Sequence
@@ -224,6 +229,7 @@ GOAL = SocialGoalSequence()
 GOAL_PARAMS = SocialGoalSequence.in_context_params(size=4, trial_length=6, view_size=5)
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3))  # params traced: tests share a compile
 def _goal_rollout(params, key, steps, num_envs):
     """Random learner moves; (state before each step, obs before each step), [steps, envs]."""
 
@@ -245,7 +251,7 @@ def test_goal_sequence_social_observation_and_visibility() -> None:
     against the task's own view of a goal put there), only while visible; visibility is
     drawn per trial, 1 in the first and 0 in the last."""
     T, L = GOAL_PARAMS.num_trials, 6
-    states, obs = jax.jit(lambda k: _goal_rollout(GOAL_PARAMS, k, T * L, 256))(jax.random.key(0))
+    states, obs = _goal_rollout(GOAL_PARAMS, jax.random.key(0), T * L, 256)
     flat = lambda x: x.reshape((-1,) + x.shape[2:])
     states, obs = jax.tree.map(flat, states), flat(obs)
     me, partner = states.env_state, states.partner
@@ -283,7 +289,7 @@ def test_goal_sequence_oracle_scramble_rate() -> None:
     """The oracle plays the shortest-path expert's move except a fraction 1 - accuracy of its
     moves, which are uniformly random (so they still match the expert a third of the time)."""
     params = GOAL_PARAMS.replace(oracle_accuracy=0.8)
-    states, _ = jax.jit(lambda k: _goal_rollout(params, k, 24, 64))(jax.random.key(1))
+    states, _ = _goal_rollout(params, jax.random.key(1), 24, 256)  # the same program as above
     states = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), states)
     np.testing.assert_allclose(states.accuracy, 0.8)  # the episode's accuracy, from params
     keys = jax.random.split(jax.random.key(2), states.time.shape[0])
@@ -312,19 +318,11 @@ def test_goal_sequence_generation_replays_the_best_trial() -> None:
     its body exactly as the recorded agent moved, and the next demonstration is the best
     member's last trial, whose replay earns the recorded return."""
 
-    class Random(NamedTuple):
-        memory_size: int = 1
-
-        def initial_carry(self, batch_size):
-            return jnp.zeros((batch_size, 1))
-
-        def act(self, params, carry, obs, resets, key, deterministic=False):
-            return carry, jax.random.randint(key, obs.shape[:1], 0, NUM_ACTIONS)
-
+    random = scripted(lambda obs, key: jax.random.randint(key, obs.shape[:1], 0, NUM_ACTIONS))
     config = InContextConfig(generations=1, population=8)
-    generation = jax.jit(make_in_context_generation(config, Random(), GOAL, GOAL_PARAMS))
+    generation = jax.jit(make_in_context_generation(config, random, GOAL, GOAL_PARAMS))
     task = GOAL.draw_task(jax.random.key(3), GOAL_PARAMS)
-    length, none = demo_spec(GOAL_PARAMS)
+    length, none = GOAL.demo_spec(GOAL_PARAMS)
     demo = jnp.full((length,), none, jnp.int32)  # a demonstrator standing still
     next_demo, record = generation(None, task, demo, jax.random.key(4))
     returns = np.asarray(record.trial_returns)
@@ -346,45 +344,40 @@ def test_goal_sequence_generation_replays_the_best_trial() -> None:
     np.testing.assert_array_equal(rand.goal_pos, task.goal_pos)
 
 
-class Follower(NamedTuple):
-    """A scripted, memoryless ``Policy`` that chases the demonstrator's body using only the
-    social channel: turn toward it, step forward when it is straight ahead, random moves
-    when it is out of view."""
+def follower(view_size: int) -> Policy:
+    """A scripted, memoryless policy that chases the demonstrator's body using only the social
+    channel: turn toward it, step forward when it is straight ahead, random moves when it is
+    out of view."""
 
-    view_size: int
-    memory_size: int = 1
-
-    def initial_carry(self, batch_size: int) -> jax.Array:
-        return jnp.zeros((batch_size, 1))
-
-    def act(self, params, carry, obs, resets, key, deterministic=False):
-        v, r = self.view_size, self.view_size // 2
+    def act(obs, key):
+        v, r = view_size, view_size // 2
         channel = obs[:, -(v * v + 1) : -1]  # [B, v*v]; row 0 of the view is furthest ahead
         cell = jnp.argmax(channel, axis=-1)
         ahead, right = r - cell // v, cell % v - r
         chase = jnp.where(right > 0, 1, jnp.where(right < 0, 0, jnp.where(ahead > 0, 2, 1)))
         chase = jnp.where((ahead == 0) & (right == 0), 0, chase)  # on its cell: wait (turn)
         guess = jax.random.randint(key, cell.shape, 0, NUM_ACTIONS)
-        return carry, jnp.where(channel.sum(-1) > 0, chase, guess)
+        return jnp.where(channel.sum(-1) > 0, chase, guess)
+
+    return scripted(act)
 
 
-@pytest.mark.parametrize(("accuracy", "low", "high"), [(1.0, 2.5, 3.5), (0.8, 1.7, 2.6)])
-def test_goal_sequence_demonstrator_is_followable(accuracy: float, low: float, high: float):
+@pytest.mark.slow  # evidence for the README (a statistical check); run with -m slow
+def test_goal_sequence_demonstrator_is_followable() -> None:
     """The social channel alone carries the task in the in-context study's setting (4x4 room,
     3 goals, 16-step trials): a memoryless follower of a visible oracle scores most of the
     expert's return per trial (3.48) while random moves lose (-0.21). So a learner stuck at 0
     is an optimisation failure, not a missing signal."""
-    from experiments.cultural_tasks import GoalTask
+    env, params = GoalTask().social(4, visibility=1.0, visibility_decay=False)
+    policy = follower(params.view_size)
+    # (oracle accuracy, visibility) in one program: followed 1.0 and 0.8, then unseen
+    accuracy, visibility = jnp.array([1.0, 0.8, 1.0, 0.8]), jnp.array([1.0, 1.0, 0.0, 0.0])
 
-    env, params = GoalTask(oracle_accuracy=accuracy).social(
-        4, visibility=1.0, visibility_decay=False
-    )
-    follower = Follower(params.view_size)
+    @jax.jit
+    def play(accuracy, visibility):  # per-trial returns [256, 4]
+        p = params.replace(oracle_accuracy=accuracy, visibility=visibility)
+        return record_play(policy, None, env, p, jax.random.key(0), 256).trial_returns
 
-    def play(p):  # per-trial returns [256, 4]
-        record = jax.jit(lambda k: record_play(follower, None, env, p, k, 256))(jax.random.key(0))
-        return np.asarray(record.trial_returns)
-
-    follow, blind = play(params), play(params.replace(visibility=0.0))
-    assert low < follow.mean() < high, follow.mean(0)
-    assert blind.mean() < 0.0, blind.mean(0)  # unseen, it moves at random
+    returns = np.asarray(jax.vmap(play)(accuracy, visibility)).mean(axis=(1, 2))
+    assert 2.5 < returns[0] < 3.5 and 1.7 < returns[1] < 2.6, returns
+    assert returns[2] < 0.0 and returns[3] < 0.0, returns  # unseen, it moves at random

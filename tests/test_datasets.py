@@ -25,6 +25,8 @@ from agents.replay.datasets import (
     save_dataset,
 )
 
+pytestmark = pytest.mark.xdist_group("datasets")  # one worker builds its module fixtures
+
 ENV_NAME = "gymnax:Pendulum-v1"
 ID = "skill-agents/pendulum-random-v0"
 

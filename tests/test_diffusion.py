@@ -9,14 +9,19 @@ import pytest
 from agents.diffusion import (
     DiffusionConfig,
     fit,
-    fit_normalizer,
     heun_sample,
     loss_weight,
     make_diffusion,
     preconditioning,
 )
+from envs.wrappers import Normalizer
 
-TINY = DiffusionConfig(width=16, num_blocks=1, embed_dim=16, num_train_steps=10, batch_size=32)
+TINY = DiffusionConfig(width=16, num_blocks=1, embed_dim=16, total_steps=10, batch_size=32)
+
+
+def fit_normalizer(data, skip_dims=(), size=None) -> Normalizer:
+    """The diffusion model's normalisation: unbiased std + 1e-5, as in the reference."""
+    return Normalizer.fit(data, ddof=1, eps=1e-5, skip_dims=skip_dims, size=size)
 
 
 @pytest.mark.parametrize("sigma_data", [0.5, 1.0])
@@ -82,7 +87,7 @@ def test_learns_a_two_dimensional_mixture():
     centres = jnp.where(mode[:, None], jnp.array([30.0, -4.0]), jnp.array([10.0, 2.0]))
     data = centres + jnp.array([2.0, 0.3]) * jax.random.normal(k_noise, (4096, 2))
     config = DiffusionConfig(
-        width=64, num_blocks=2, embed_dim=32, num_train_steps=2000, num_sample_steps=24
+        width=64, num_blocks=2, embed_dim=32, total_steps=2000, num_sample_steps=24
     )
     model = make_diffusion(config, data_dim=2)
     state, losses = fit(model, data, key)
@@ -98,7 +103,7 @@ def test_learns_a_two_dimensional_mixture():
 
 
 def test_training_is_chunkable_and_its_ema_follows_the_reference_rule():
-    """``train`` is a scan of ``update`` on batches keyed by the step count (so chunks equal
+    """``train`` is a scan of ``learn`` on batches keyed by the step count (so chunks equal
     one go), and the EMA copies until ema_start, then every ema_every steps decays by
     min(ema_decay, 1 - (t - ema_start)^-ema_power)."""
     config = TINY.replace(ema_every=2, ema_start=3, ema_decay=0.6, ema_power=0.5, lr=1e-2)
@@ -110,11 +115,11 @@ def test_training_is_chunkable_and_its_ema_follows_the_reference_rule():
     chunked, first = train(state, data, key, num_steps=6)
     chunked, second = train(chunked, data, key, num_steps=6)
 
-    update, ema, losses = jax.jit(model.update), state.ema_params, []
+    learn, ema, losses = jax.jit(model.learn), state.ema_params, []
     for t in range(1, 13):
         k_idx, k_loss = jax.random.split(jax.random.fold_in(key, t - 1))
         idx = jax.random.randint(k_idx, (config.batch_size,), 0, 64)
-        state, loss = update(state, data[idx], k_loss)
+        state, loss = learn(state, data[idx], k_loss)
         losses.append(loss)
         if t % 2 == 0:
             decay = 0.0 if t <= 3 else min(0.6, 1 - (t - 3) ** -0.5)
@@ -128,7 +133,7 @@ def test_training_is_chunkable_and_its_ema_follows_the_reference_rule():
     assert not np.allclose(kernel(state.ema_params), kernel(state.train_state.params))
 
 
-def test_normalizer_round_trip_skip_dims_and_prefix():
+def test_normalizer_is_unbiased_skips_flags_and_fits_a_prefix():
     rng = np.random.default_rng(0)
     data = rng.normal([5.0, -3.0, 100.0, 0.0], [0.1, 2.0, 30.0, 1.0], (500, 4)).astype(np.float32)
     data[:, 3] = rng.random(500) < 0.1  # a terminal flag
@@ -136,9 +141,10 @@ def test_normalizer_round_trip_skip_dims_and_prefix():
     z = np.asarray(norm.normalize(data))
     np.testing.assert_allclose(z[:, :3].mean(0), 0.0, atol=1e-4)
     np.testing.assert_allclose(z[:, :3].std(0, ddof=1), 1.0, atol=1e-3)
+    np.testing.assert_allclose(norm.std[:3], data[:, :3].std(0, ddof=1) + 1e-5, rtol=1e-5)
     np.testing.assert_array_equal(z[:, 3], data[:, 3])  # the flag is left as it is
     np.testing.assert_allclose(norm.unnormalize(z), data, rtol=1e-5, atol=1e-4)
-    prefix = jax.jit(lambda d, n: fit_normalizer(d, (3,), size=n))(data, 120)
+    prefix = jax.jit(lambda d, n: fit_normalizer(d, (3,), size=n))(data, 120)  # n traced
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5),
         prefix,
@@ -151,7 +157,7 @@ def test_conditional_model_uses_its_condition():
     cond = jnp.where(jax.random.bernoulli(key, 0.5, (2048, 1)), 2.0, -2.0)
     data = cond + 0.1 * jax.random.normal(jax.random.key(1), (2048, 1))
     config = DiffusionConfig(
-        width=32, num_blocks=1, embed_dim=32, num_train_steps=1000, num_sample_steps=12
+        width=32, num_blocks=1, embed_dim=32, total_steps=1000, num_sample_steps=12
     )
     model = make_diffusion(config, data_dim=1, cond_dim=1)
     state, _ = fit(model, data, key, cond=cond)

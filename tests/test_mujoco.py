@@ -262,3 +262,26 @@ def test_bad_inputs_raise() -> None:
         envs.make("GoalSequence", backend="mjx")
     with pytest.raises(ValueError, match="unknown parameter"):
         envs.make("Hopper", target_speed=1.0)
+
+
+def test_state_from_observation_steps_like_the_original_state() -> None:
+    """A state rebuilt from an observation (root x at 0, cold solver) steps to the same reward,
+    flags and next observation as the state that produced it (x never enters them). Hopper:
+    a task that terminates; HalfCheetah's is checked by tests/test_synthetic.py."""
+    env = _env("Hopper", "native")
+    params = env.default_params
+    k_reset, k_act = jax.random.split(jax.random.key(0))
+    _, state = env.reset(k_reset, params)
+    action = jax.random.uniform(k_act, (env.task.act_dim,), minval=-1.0, maxval=1.0)
+    for _ in range(5):  # away from the reset pose, the solver warm
+        obs, state, *_ = env.step(k_act, state, action, params)
+    step = jax.jit(lambda s: env.step_env(k_act, s, action, params))
+    original = step(state)
+    rebuilt_state = env.state_from_observation(obs)
+    assert float(rebuilt_state.physics.qpos[0]) == 0.0 and int(rebuilt_state.time) == 0
+    rebuilt = step(rebuilt_state)
+    np.testing.assert_allclose(rebuilt[0], original[0], atol=1e-4)  # next observation
+    np.testing.assert_allclose(rebuilt[2], original[2], atol=1e-4)  # reward
+    assert bool(rebuilt[3]) == bool(original[3])  # terminated
+    with pytest.raises(ValueError, match="an observation has shape"):
+        env.state_from_observation(obs[:-1])

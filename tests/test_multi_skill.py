@@ -18,10 +18,10 @@ from envs.gridworlds.multi_skill import (
     STAY,
     MultiSkill,
     MultiSkillParams,
-    boundaries_to_segments,
     expert_action,
     rollout_expert,
 )
+from skills.segments import to_segments
 
 ENV, PARAMS = envs.make("MultiSkill")
 H, W, K = PARAMS.height, PARAMS.width, PARAMS.num_objects
@@ -111,7 +111,7 @@ def test_expert_rollouts_follow_the_controller(
 
     # every segment lasts min(distance, duration) with duration in [min_len, min_len + span]
     for n in range(N):
-        for start, end in boundaries_to_segments(demos.boundary[n]):
+        for start, end in to_segments(demos.boundary[n]):
             length = end - start
             distance = np.abs(target[n, start] - agent[n, start]).sum()
             assert distance >= 1
@@ -133,7 +133,7 @@ def test_expert_reaches_objects_in_manhattan_distance_steps(seed: int):
     agent, objects, _ = decode(demos.obs)
     target = np.take_along_axis(objects, demos.skill[..., None, None], axis=-2)[..., 0, :]
     for n in range(N):
-        for start, end in boundaries_to_segments(demos.boundary[n]):
+        for start, end in to_segments(demos.boundary[n]):
             if end < T and not demos.truncated[n, end - 1]:
                 distance = np.abs(target[n, start] - agent[n, start]).sum()
                 assert end - start == distance and demos.reward[n, end - 1] == 1
@@ -226,8 +226,8 @@ def test_render_colours_cells():
 
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.booleans(), min_size=1, max_size=40))
-def test_boundaries_to_segments_tiles_the_trajectory(boundary: list[bool]):
-    segments = boundaries_to_segments(np.array(boundary))
+def test_to_segments_tiles_the_trajectory(boundary: list[bool]):
+    segments = to_segments(np.array(boundary))
     assert segments[0][0] == 0 and segments[-1][1] == len(boundary)
     assert all(end == start for (_, end), (start, _) in itertools.pairwise(segments))
     assert [s for s, _ in segments[1:]] == [t for t in range(1, len(boundary)) if boundary[t]]
@@ -277,4 +277,4 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="noise"):
         expert_action(key, state, PARAMS, noise=1.5)
     with pytest.raises(ValueError, match="1-D"):
-        boundaries_to_segments(np.zeros((2, 3), bool))
+        to_segments(np.zeros((2, 3), bool))

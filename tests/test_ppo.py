@@ -1,27 +1,28 @@
 """PPO learns, is deterministic, vmaps over seeds and hyperparameters, and rejects bad input."""
 
+import chex
 import jax
 import numpy as np
 import pytest
 
 import envs
+from agents.core import export_policy, load_policy
 from agents.evaluation import evaluate
 from agents.hparams import stack_configs
-from agents.ppo import PPOConfig, make_ppo, make_train
+from agents.ppo import PPOConfig, make_ppo
 
 CARTPOLE = envs.make("gymnax:CartPole-v1")
-TINY = PPOConfig(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 3, num_minibatches=2)
+TINY = PPOConfig(num_envs=4, num_steps=16, total_steps=4 * 16 * 3, num_minibatches=2)
 
 
 def greedy_return(ppo, params, env, env_params, key, n=64):
-    act = lambda c, o, r, k: ppo.policy.act(params, c, o, r, k, deterministic=True)
-    return float(evaluate(key, env, env_params, act, ppo.policy.initial_carry(n))["return"].mean())
+    return float(evaluate(key, env, env_params, ppo.policy, params, n)["return"].mean())
 
 
 def test_ppo_solves_cartpole():
     """PureJaxRL's CartPole settings: 500k steps must reach a greedy mean return >= 475."""
     env, params = CARTPOLE
-    ppo = make_ppo(PPOConfig(total_timesteps=500_000), env, params)
+    ppo = make_ppo(PPOConfig(total_steps=500_000), env, params)
     rs, metrics = jax.jit(ppo.train)(jax.random.key(0))
     assert greedy_return(ppo, rs.train_state.params, env, params, jax.random.key(1)) >= 475
     early = np.nanmean(np.asarray(metrics["return"][:20]))
@@ -30,7 +31,7 @@ def test_ppo_solves_cartpole():
 
 def test_same_seed_same_result_and_different_seed_differs():
     env, params = CARTPOLE
-    train = jax.jit(make_train(TINY, env, params))
+    train = jax.jit(make_ppo(TINY, env, params).train)
     a, _ = train(jax.random.key(3))
     b, _ = train(jax.random.key(3))
     c, _ = train(jax.random.key(4))
@@ -44,11 +45,11 @@ def test_vmapped_seeds_and_hyperparameter_sweep_match_single_runs():
     env, params = CARTPOLE
     keys = jax.random.split(jax.random.key(0), 2)
     configs = [TINY, TINY.replace(lr=1e-3, ent_coef=0.0)]
-    swept, _ = jax.jit(jax.vmap(lambda c, k: make_train(c, env, params)(k)))(
+    swept, _ = jax.jit(jax.vmap(lambda c, k: make_ppo(c, env, params).train(k)))(
         stack_configs(configs), keys
     )
     for i, cfg in enumerate(configs):
-        single, _ = jax.jit(make_train(cfg, env, params))(keys[i])
+        single, _ = jax.jit(make_ppo(cfg, env, params).train)(keys[i])
         for x, y in zip(
             jax.tree.leaves(single.train_state.params), jax.tree.leaves(swept.train_state.params)
         ):
@@ -58,9 +59,27 @@ def test_vmapped_seeds_and_hyperparameter_sweep_match_single_runs():
 def test_recurrent_ppo_runs_and_resets_memory_per_episode():
     env, params = CARTPOLE
     cfg = TINY.replace(recurrent=True, gru_hidden=16, embed=(16,), hidden=(16,))
-    rs, metrics = jax.jit(make_train(cfg, env, params))(jax.random.key(0))
+    rs, metrics = jax.jit(make_ppo(cfg, env, params).train)(jax.random.key(0))
     assert rs.carry.shape == (cfg.num_envs, 16)
     assert np.isfinite(np.asarray(metrics["value_loss"])).all()
+
+
+@pytest.mark.parametrize("recurrent", [False, True], ids=["feedforward", "recurrent"])
+def test_policy_exports_and_loads_to_act_identically(recurrent, tmp_path):
+    env, params = envs.make("MemorySequence")
+    cfg = TINY.replace(recurrent=recurrent, gru_hidden=8, embed=(8,), hidden=(8,))
+    agent = make_ppo(cfg, env, params)
+    weights = agent.policy_params(jax.jit(agent.init)(jax.random.key(0)))
+    export_policy(tmp_path, agent.policy, weights, {"env": "MemorySequence"})
+    policy, loaded, metadata = load_policy(tmp_path)
+    assert metadata["env"] == "MemorySequence" and policy.spec == agent.policy.spec
+    obs = jax.vmap(lambda k: env.reset(k, params)[0])(jax.random.split(jax.random.key(1), 3))
+    for deterministic in (False, True):
+        acts = [
+            p.act(w, p.initial_carry(3), obs, jax.random.key(2), deterministic)
+            for p, w in ((agent.policy, weights), (policy, loaded))
+        ]
+        chex.assert_trees_all_equal(*acts)
 
 
 @pytest.mark.parametrize(
@@ -70,7 +89,7 @@ def test_recurrent_ppo_runs_and_resets_memory_per_episode():
         ({"lr": 0.0}, "PPOConfig.lr=0.0 is invalid"),
         ({"lr": -1e-3}, "PPOConfig.lr"),
         ({"gamma": 1.5}, "gamma"),
-        ({"total_timesteps": 10}, "smaller than one rollout batch"),
+        ({"total_steps": 10}, "smaller than one rollout batch"),
         ({"recurrent": True, "num_minibatches": 3}, "num_envs=4 is not divisible"),
         ({"activation": "sigmoidish"}, "unknown activation"),
     ],

@@ -8,27 +8,17 @@ import pytest
 
 import envs
 from agents.checkpoint import Checkpointer, CheckpointError
-from agents.ppo import PPOConfig, load_policy, make_ppo
-from experiments import ppo as ppo_experiment
-from experiments.runner import RunFolder, fmt_ci, iqm_ci, run_chunked
+from agents.ppo import PPOConfig, make_ppo
+from experiments.runner import RunFolder, fmt_ci, iqm_ci, run_chunked, run_loop
 
 ENV = envs.make("gymnax:CartPole-v1")
-CFG = PPOConfig(num_envs=4, num_steps=16, total_timesteps=4 * 16 * 6, num_minibatches=2)
+CFG = PPOConfig(num_envs=4, num_steps=16, total_steps=4 * 16 * 6, num_minibatches=2)
 
 
 def _run(path, stop_after_saves=None, config=None):
-    ppo = make_ppo(CFG, *ENV)
     folder = RunFolder(path, config or {"cfg": "tiny"})
     return run_chunked(
-        ppo.init,
-        ppo.update,
-        CFG.num_updates,
-        CFG.batch_size,
-        jax.random.key(0),
-        2,
-        folder,
-        updates_per_chunk=2,
-        progress=False,
+        make_ppo(CFG, *ENV), jax.random.key(0), 2, folder, updates_per_chunk=2, progress=False
     )
 
 
@@ -61,9 +51,10 @@ def test_resume_after_stop_matches_uninterrupted(tmp_path, monkeypatch):
 
 
 def test_resume_with_another_config_is_refused(tmp_path):
-    _run(tmp_path / "a")
+    step = lambda state, start, n: (state + n, {"x": np.zeros(n)})
+    run_loop(RunFolder(tmp_path, {"cfg": "tiny"}), np.zeros(()), step, total=2)
     with pytest.raises(CheckpointError, match="cfg: stored 'tiny', given 'other'"):
-        _run(tmp_path / "a", config={"cfg": "other"})
+        run_loop(RunFolder(tmp_path, {"cfg": "other"}), np.zeros(()), step, total=2)
 
 
 def test_iqm_ci_brackets_the_iqm():
@@ -74,25 +65,22 @@ def test_iqm_ci_brackets_the_iqm():
     assert fmt_ci([48.14, 40.0, 50.5], 1) == "48.1 [40.0, 50.5]"
 
 
-def test_experiment_writes_its_folder_and_an_inference_policy(tmp_path):
-    args = ppo_experiment.Args(
-        seeds=2, out=str(tmp_path / "run"), ppo=CFG, eval_envs=4, progress=False
-    )
-    results = ppo_experiment.main(args)
-    run = tmp_path / "run"
-    for name in (
-        "config.json",
-        "metrics.jsonl",
-        "learning_curve.png",
-        "summary.md",
-        "results.json",
-    ):
-        assert (run / name).exists(), name
-    assert len(results["greedy_return_per_seed"]) == 2
-    policy, params, meta = load_policy(run / "policy")  # no trainer, no env needed
-    assert meta["env"] == "gymnax:CartPole-v1"
-    obs = np.zeros((3, 4), np.float32)
-    _, action = policy.act(
-        params, policy.initial_carry(3), obs, np.ones(3, bool), jax.random.key(0)
-    )
-    assert action.shape == (3,)
+def test_run_loop_resumes_a_generic_loop(tmp_path):
+    """Any chunked loop (e.g. generations) resumes from its last checkpoint, lines intact."""
+    step = lambda state, start, n: (state + n, {"x": np.arange(start, start + n) * 1.5})
+    folder = RunFolder(tmp_path, {"loop": 1})
+    state, lines = run_loop(folder, np.zeros(()), step, total=3, chunk=2)
+    assert float(state) == 3 and [m["x"] for m in lines] == [0.0, 1.5, 3.0]
+    state, lines = run_loop(RunFolder(tmp_path, {"loop": 1}), np.zeros(()), step, total=5)
+    assert float(state) == 5 and [m["update"] for m in lines] == [0, 1, 2, 3, 4]
+
+
+def test_iqm_is_rliables_aggregate_iqm():
+    from rliable import metrics
+
+    from experiments.runner import iqm
+
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 4, 5, 8, 13):
+        x = rng.normal(size=(n, 1))
+        assert iqm(x) == pytest.approx(metrics.aggregate_iqm(x), abs=1e-12)

@@ -9,18 +9,25 @@ import numpy as np
 import pytest
 
 import envs
+from agents.core import export_policy, load_policy
 from agents.replay import Transition
 from envs.core import spaces
-from envs.gridworlds.multi_skill import boundaries_to_segments, rollout_expert
+from envs.gridworlds.multi_skill import rollout_expert
 from skills.action_model import (
+    ActionModel,
     ActionModelConfig,
     episode_starts,
     make_action_model,
-    make_train,
 )
 from skills.boundary import BoundaryConfig, detect_boundaries
-from skills.policies import GoalData, GoalPolicyConfig, HierarchicalAgent, make_goal_policy
-from skills.policies import make_train as make_policy_train
+from skills.policies import (
+    GoalData,
+    GoalPolicyConfig,
+    GoalPolicyNet,
+    hierarchical_policy,
+    make_goal_policy,
+    set_plan,
+)
 from skills.segments import (
     boundary_scores,
     fixed_length_boundaries,
@@ -30,6 +37,8 @@ from skills.segments import (
     segment_end,
     to_segments,
 )
+
+pytestmark = pytest.mark.xdist_group("sbd")  # one worker builds its module fixtures
 
 TOLERANCE = 2
 
@@ -107,7 +116,7 @@ def test_segmentation_losses_equal_fresh_runs_on_each_segment():
     """The scan's memory resets are real: each segment's losses (after its first step) are the
     model's losses from a fresh memory started right after the segment's first step."""
     config = ActionModelConfig(embed=(16,), gru_hidden=16, head=(16,))
-    model = make_action_model(config, spaces.Discrete(5))
+    model = ActionModel.create(config, spaces.Discrete(5))
     params = model.init(jax.random.key(0), 6)
     obs = jax.random.normal(jax.random.key(1), (50, 6))
     action = jax.random.randint(jax.random.key(2), (50,), 0, 5)
@@ -127,10 +136,11 @@ def test_segmentation_losses_equal_fresh_runs_on_each_segment():
     resets = np.zeros((50, 1), bool)
     resets[0] = True
     resets[cuts[1:] + 1] = True
-    fresh = model.nll(params, obs[:, None], action[:, None], jnp.asarray(resets))[:, 0]
+    nll = jax.jit(model.nll)  # one compile for both calls
+    fresh = nll(params, obs[:, None], action[:, None], jnp.asarray(resets))[:, 0]
     np.testing.assert_allclose(seg.nll, fresh, rtol=1e-4, atol=1e-4)
     # and without the resets the losses differ: the memory mattered
-    plain = model.nll(params, obs[:, None], action[:, None], jnp.zeros((50, 1), bool))
+    plain = nll(params, obs[:, None], action[:, None], jnp.zeros((50, 1), bool))
     assert not np.allclose(seg.nll[6:], plain[6:, 0], atol=1e-3)
 
 
@@ -156,15 +166,19 @@ def switching_gaussian_demos(key, num: int, length: int):
     return jax.vmap(one)(jax.random.split(key, num))
 
 
+@pytest.mark.slow  # the Gaussian path runs in test_studies::test_sbd_mujoco; the claim in the
+# slow end-to-end test_sbd_mujoco::test_study_detects_switches_between_distinct_behaviours
 def test_continuous_actions_spike_at_switches():
     obs, action, true = switching_gaussian_demos(jax.random.key(0), 128, 64)
     false = jnp.zeros(true.shape, bool)
     demos = Transition(obs, action, false.astype(jnp.float32), obs, false, false)
-    config = ActionModelConfig(embed=(32,), gru_hidden=32, head=(32,), num_updates=300, lr=1e-2)
+    config = ActionModelConfig(embed=(32,), gru_hidden=32, head=(32,), total_steps=300, lr=1e-2)
     space = spaces.Box(-2.0, 2.0, (2,))
-    params, log = jax.jit(make_train(config, space))(jax.random.key(1), demos)
+    agent = make_action_model(config, space, demos)
+    state, log = jax.jit(agent.train)(jax.random.key(1))
+    params = agent.policy_params(state)
     assert log["loss"][-20:].mean() < log["loss"][:20].mean() - 1.0
-    model = make_action_model(config, space)
+    model = ActionModel.create(config, space)
     start = episode_starts(false, false)
     seg = segment_all(model, params, obs, action, start, BoundaryConfig(gap=3.0))
     scores = pooled_f1(seg.boundary, true, start)
@@ -196,16 +210,18 @@ def test_continuous_actions_spike_at_switches():
     ],
 )
 def test_bad_demonstrations_are_named(demos, match):
-    train = make_train(ActionModelConfig(num_updates=1), spaces.Discrete(5))
     with pytest.raises(ValueError, match=match):
-        train(jax.random.key(0), demos)
+        make_action_model(ActionModelConfig(total_steps=1), spaces.Discrete(5), demos)
 
 
 def test_bad_config_is_named():
-    with pytest.raises(ValueError, match=r"ActionModelConfig\.lr=-1\.0 must be > 0"):
-        make_action_model(ActionModelConfig(lr=-1.0), spaces.Discrete(5))
-    with pytest.raises(ValueError, match=r"GoalPolicyConfig\.batch_size must be >= 1"):
-        make_goal_policy(GoalPolicyConfig(batch_size=0), spaces.Discrete(5))
+    with pytest.raises(ValueError, match=r"ActionModelConfig\.lr=-1\.0 is invalid; it must be > 0"):
+        ActionModel.create(ActionModelConfig(lr=-1.0), spaces.Discrete(5))
+    data = GoalData(*(jnp.zeros((2, 4, 3)),) * 3, jnp.zeros((2, 4), jnp.int32))
+    with pytest.raises(ValueError, match=r"GoalPolicyConfig\.batch_size=0 is invalid"):
+        make_goal_policy(GoalPolicyConfig(batch_size=0), spaces.Discrete(5), data)
+    with pytest.raises(ValueError, match=r"GoalPolicyConfig\.total_steps=0 is invalid"):
+        make_goal_policy(GoalPolicyConfig(total_steps=0), spaces.Discrete(5), data)
 
 
 # ---------------------------------------------------------------- the gridworld
@@ -213,7 +229,7 @@ def test_bad_config_is_named():
 
 ENV_KWARGS = {"height": 33, "width": 33, "num_objects": 3, "min_skill_len": 12, "max_skill_len": 24}
 GRID_MODEL = ActionModelConfig(
-    embed=(48,), gru_hidden=48, head=(48,), num_updates=500, batch_size=32, lr=3e-3
+    embed=(48,), gru_hidden=48, head=(48,), total_steps=500, batch_size=32, lr=3e-3
 )
 GAP = 0.75
 UNION_GAP = 1.5  # with events covering the predictable switches, a higher gap pays
@@ -226,11 +242,17 @@ def gridworld():
     env, hidden = envs.make("MultiSkill", **ENV_KWARGS)
     keys = jax.random.split(jax.random.key(0), 768)
     rollouts = jax.jit(jax.vmap(lambda k, p: rollout_expert(k, env, p, 64), in_axes=(0, None)))
-    train = jax.jit(make_train(GRID_MODEL, env.action_space(hidden)))
+
+    @jax.jit
+    def train(demos):
+        agent = make_action_model(GRID_MODEL, env.action_space(hidden), demos)
+        state, log = agent.train(jax.random.key(1))
+        return agent.policy_params(state), log
+
     out = {}
     for name, params in (("hidden", hidden), ("revealed", hidden.replace(reveal_skill=True))):
         demos = rollouts(keys, params)
-        model_params, log = train(jax.random.key(1), Transition(*demos[:6]))
+        model_params, log = train(Transition(*demos[:6]))
         out[name] = (demos, model_params, log)
     return env, hidden, out
 
@@ -239,7 +261,7 @@ def test_gridworld_boundaries_beat_fixed_length_and_random(gridworld):
     env, params, arms = gridworld
     demos, model_params, log = arms["hidden"]
     assert log["loss"][-50:].mean() < 0.7 * np.log(5)  # it learnt something about the skills
-    model = make_action_model(GRID_MODEL, env.action_space(params))
+    model = ActionModel.create(GRID_MODEL, env.action_space(params))
     start = episode_starts(demos.terminated, demos.truncated)
     seg = segment_all(model, model_params, demos.obs, demos.action, start, BoundaryConfig(gap=GAP))
     scores = pooled_f1(seg.boundary, demos.boundary, start)
@@ -272,7 +294,7 @@ def test_gridworld_boundaries_beat_fixed_length_and_random(gridworld):
 
 def test_negative_control_revealed_skill_collapses_spikes(gridworld):
     env, params, arms = gridworld
-    model = make_action_model(GRID_MODEL, env.action_space(params))
+    model = ActionModel.create(GRID_MODEL, env.action_space(params))
     f1, spike = {}, {}
     for name, (demos, model_params, _) in arms.items():
         start = episode_starts(demos.terminated, demos.truncated)
@@ -288,16 +310,16 @@ def test_negative_control_revealed_skill_collapses_spikes(gridworld):
     assert spike["revealed"] < 0.25 * spike["hidden"], spike
 
 
+@pytest.mark.slow  # the code path runs in test_studies::test_sbd and the export test below
 def test_goal_policy_on_true_segments_reaches_goals_and_the_hierarchy_sequences_them(gridworld):
     env, params, arms = gridworld
     demos, _, _ = arms["hidden"]
-    config = GoalPolicyConfig(hidden=(64, 64), num_updates=800, batch_size=128, lr=3e-3)
-    policy = make_goal_policy(config, env.action_space(params))
+    config = GoalPolicyConfig(hidden=(64, 64), total_steps=800, batch_size=128, lr=3e-3)
     data = GoalData(demos.obs, demos.action, demos.next_obs, segment_end(demos.boundary))
-    policy_params, log = jax.jit(make_policy_train(config, env.action_space(params)))(
-        jax.random.key(3), data
-    )
-    agent = HierarchicalAgent(policy)
+    agent = make_goal_policy(config, env.action_space(params), data)
+    state, log = jax.jit(agent.train)(jax.random.key(3))
+    policy_params = agent.policy_params(state)
+    planner = hierarchical_policy(agent.policy.spec, params.num_objects, demos.obs.shape[-1])
     params = params.replace(max_steps_in_episode=200)  # no reset during the tour
 
     def tour(key):  # visit all objects in a random order within 180 steps
@@ -309,14 +331,15 @@ def test_goal_policy_on_true_segments_reaches_goals_and_the_hierarchy_sequences_
         )(order)
 
         def step(carry, k):
-            st, obs, index, progress = carry
-            index, action = agent.act(policy_params, plan, index, obs, k)
-            obs, st, *_ = env.step(k, st, action, params)
+            st, obs, memory, progress = carry
+            memory, action = planner.act(policy_params, memory, obs[None], k, deterministic=True)
+            obs, st, *_ = env.step(k, st, action[0], params)
             target = st.object_pos[order[jnp.minimum(progress, params.num_objects - 1)]]
             arrived = (progress < params.num_objects) & jnp.all(st.agent_pos == target)
-            return (st, obs, index, progress + arrived), None
+            return (st, obs, memory, progress + arrived), None
 
-        init = (state, obs, jnp.int32(0), jnp.int32(0))
+        memory = set_plan(planner.initial_carry(1), plan[None])
+        init = (state, obs, memory, jnp.int32(0))
         (*_, progress), _ = jax.lax.scan(step, init, jax.random.split(key, 180))
         return progress
 
@@ -325,9 +348,60 @@ def test_goal_policy_on_true_segments_reaches_goals_and_the_hierarchy_sequences_
     chex.assert_shape(log["loss"], (800,))
 
 
-def test_boundaries_to_segments_agrees_with_segment_end():
+def test_to_segments_agrees_with_segment_end():
     start = np.zeros(20, bool)
     start[[0, 5, 6, 13]] = True
     ends = np.asarray(segment_end(start))
-    for a, b in boundaries_to_segments(start):
+    for a, b in to_segments(start):
         np.testing.assert_array_equal(ends[a:b], b - 1)
+
+
+# ---------------------------------------------------------------- policies: export and load
+
+
+def test_every_skills_policy_exports_and_loads_to_act_identically(tmp_path):
+    """The action model (GRU carry), a goal-conditioned policy (obs = [observation, goal]) and a
+    hierarchical policy (carry: its plan) act the same after agents.core.export/load_policy."""
+    n, t, d, batch = 4, 6, 3, 5
+    obs = jax.random.normal(jax.random.key(0), (n, t, d))
+    action = jax.random.randint(jax.random.key(1), (n, t), 0, 5)
+    false = jnp.zeros((n, t), bool)
+    space = spaces.Discrete(5)
+    config = ActionModelConfig(embed=(8,), gru_hidden=8, head=(8,), total_steps=2, batch_size=2)
+    model = make_action_model(
+        config,
+        space,
+        Transition(obs, action, false.astype(jnp.float32), obs, false, false),
+    )
+    goals = make_goal_policy(
+        GoalPolicyConfig(hidden=(8,), total_steps=2, batch_size=4),
+        space,
+        GoalData(obs, action, obs, segment_end(jnp.ones((n, t), bool))),
+    )
+    planner = hierarchical_policy(goals.policy.spec, plan_length=2, obs_dim=d)
+    plan = jax.random.normal(jax.random.key(2), (batch, 2, d))
+    x = jax.random.normal(jax.random.key(3), (batch, d)).at[0].set(plan[0, 0])
+    model_params, goal_params = jax.jit(
+        lambda k: (
+            ActionModel.create(config, space).init(k, d),  # as the agents' own init
+            GoalPolicyNet(5, True, (8,)).init(k, jnp.zeros((1, 2 * d))),
+        )
+    )(jax.random.key(4))
+    cases = {
+        "action_model": (model.policy, model_params, lambda c: c, x),
+        "goal": (goals.policy, goal_params, lambda c: c, jnp.concatenate([x, x], -1)),
+        "hierarchical": (planner, goal_params, lambda c: set_plan(c, plan), x),
+    }
+    for name, (policy, params, prepare, inputs) in cases.items():
+        export_policy(tmp_path / name, policy, params, {"kind": name})
+        loaded, loaded_params, metadata = load_policy(tmp_path / name)
+        assert metadata["kind"] == name
+        acts = [
+            p.act(w, prepare(p.initial_carry(batch)), inputs, jax.random.key(7))
+            for p, w in ((policy, params), (loaded, loaded_params))
+        ]
+        chex.assert_trees_all_equal(*acts)
+    carry, _ = planner.act(goal_params, set_plan(planner.initial_carry(batch), plan), x, None, True)
+    np.testing.assert_array_equal(carry.index, [1, 0, 0, 0, 0])  # env 0 stands on its goal 0
+    with pytest.raises(ValueError, match="set_plan"):
+        set_plan(planner.initial_carry(batch), plan[:, :1])

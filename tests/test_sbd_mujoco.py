@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import envs
-from agents.sac import SACConfig, make_policy
-from experiments.sbd_mujoco import Args, rollout, study, switch_schedule
+from agents.core import Policy, no_carry
+from agents.sac import SquashedGaussianActor, sac_policy
+from experiments.sbd_mujoco import Args, detect
 from skills.action_model import ActionModelConfig
+from skills.switching import switch_schedule, switching_rollout
 
 
 def _runs(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -43,17 +43,19 @@ def test_switch_schedule_draws_segments_in_range_and_always_switches():
 
 def test_rollout_acts_with_the_scheduled_policy_and_marks_true_switches():
     env, params = envs.make("HalfCheetah", backend="native")
-    policy = make_policy(SACConfig(hidden=(16, 16)), env.action_space(params))
+    space = env.action_space(params)
+    policy = sac_policy(space.low, space.high, (16, 16))
     obs_dim = env.observation_space(params).shape[0]
     actors = []
     for i in range(3):  # random actors, scaled so their actions differ clearly
-        w = policy.network.init(jax.random.key(i), jnp.zeros(obs_dim))
+        w = SquashedGaussianActor(6, (16, 16)).init(jax.random.key(i), jnp.zeros(obs_dim))
         actors.append((policy, jax.tree.map(lambda x: 10.0 * x, w)))
     steps, num = 90, 2
     schedule = jax.vmap(lambda k: switch_schedule(k, steps, 3, 10, 30))(
         jax.random.split(jax.random.key(1), num)
     )
-    run = jax.jit(jax.vmap(lambda k, b: rollout(k, env, params, actors, b, deterministic=True)))
+    info = ("x_velocity", "height")
+    run = jax.jit(jax.vmap(lambda k, b: switching_rollout(k, env, params, actors, b, True, info)))
     demos = run(jax.random.split(jax.random.key(2), num), schedule)
     data = demos.transitions
     assert data.obs.shape == (num, steps, obs_dim) and data.action.shape == (num, steps, 6)
@@ -63,8 +65,9 @@ def test_rollout_acts_with_the_scheduled_policy_and_marks_true_switches():
     np.testing.assert_array_equal(demos.boundary[0], switches)
     assert 2 <= int(demos.boundary[0].sum()) <= 9
     # every step's action is the scheduled actor's, and no other actor's
+    flat = data.obs.reshape(-1, obs_dim)
     acts = jnp.stack(
-        [p.act(w, data.obs, jax.random.key(0), True) for p, w in actors]
+        [p.act(w, (), flat, jax.random.key(0), True)[1].reshape(num, steps, 6) for p, w in actors]
     )  # [3, N, T, 6]
     chosen = jnp.take_along_axis(acts, schedule[None, :, :, None], axis=0)[0]
     np.testing.assert_allclose(data.action, chosen, atol=1e-4)
@@ -73,7 +76,8 @@ def test_rollout_acts_with_the_scheduled_policy_and_marks_true_switches():
     # one continuing episode: next_obs is the next obs; physics info recorded every step
     np.testing.assert_allclose(data.next_obs[:, :-1], data.obs[:, 1:], atol=1e-6)
     assert not bool(data.terminated.any() | data.truncated.any())
-    assert np.isfinite(np.asarray(demos.x_velocity)).all() and demos.height.shape == (num, steps)
+    assert np.isfinite(np.asarray(demos.info["x_velocity"])).all()
+    assert demos.info["height"].shape == (num, steps)
 
 
 def test_args_name_bad_settings():
@@ -85,14 +89,14 @@ def test_args_name_bad_settings():
         Args(num_demos=1, demo_steps=200, train_window=200).validate()
 
 
-class Scripted(NamedTuple):
-    """A behaviour that holds one action vector, with Gaussian noise: easy to tell apart."""
+def scripted(target: np.ndarray) -> Policy:
+    """A behaviour that holds one action vector [6], with Gaussian noise: easy to tell apart."""
 
-    target: np.ndarray  # [6]
+    def act(params, carry, obs, key, deterministic=False):
+        noise = 0.0 if deterministic else 0.1 * jax.random.normal(key, (obs.shape[0], 6))
+        return carry, jnp.clip(target + noise, -1.0, 1.0)
 
-    def act(self, params: Any, obs: jax.Array, key: jax.Array, deterministic: bool = False):
-        noise = 0.0 if deterministic else 0.1 * jax.random.normal(key, self.target.shape)
-        return jnp.clip(self.target + noise, -1.0, 1.0)
+    return Policy(act, no_carry, {})
 
 
 @pytest.mark.slow
@@ -100,7 +104,7 @@ def test_study_detects_switches_between_distinct_behaviours():
     """End to end on a small scale: SBD finds the switches of three clearly different
     behaviours, far above fixed-length segmentation; revealing the behaviour kills the spike."""
     targets = (0.6 * np.ones(6), -0.6 * np.ones(6), 0.6 * np.r_[1, -1, 1, -1, 1, -1])
-    actors = [(Scripted(t.astype(np.float32)), None) for t in targets]
+    actors = [(scripted(t.astype(np.float32)), None) for t in targets]
     args = Args(
         seeds=2,
         num_demos=16,
@@ -109,13 +113,13 @@ def test_study_detects_switches_between_distinct_behaviours():
         max_segment=40,
         train_window=100,
         model=ActionModelConfig(
-            embed=(32,), gru_hidden=32, head=(32,), num_updates=150, batch_size=16, lr=3e-3
+            embed=(32,), gru_hidden=32, head=(32,), total_steps=150, batch_size=16, lr=3e-3
         ),
         gaps=(2.0, 4.0, 8.0, 16.0),
         fixed_lengths=(10, 20, 30, 40),
         random_rates=(0.02, 0.05),
     )
-    results, example, _ = study(args, actors)
+    results, example, _ = detect(args, actors)
     strict = results["by_tolerance"]["2"]
     assert strict["best_gap_f1"]["hidden"][0] > 0.8
     assert strict["best_gap_f1"]["hidden"][0] > strict["fixed_best_f1"][0] + 0.3

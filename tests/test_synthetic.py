@@ -1,30 +1,35 @@
-"""Synthetic replay: transition vectors and terminal flags, chunked upsampling, quality metrics
-against the simulator, online SynthER's buffers, and bad requests rejected before compiling."""
+"""SynthER: transition vectors and terminal flags, chunked upsampling, quality metrics against
+the simulator, online SynthER's buffers and batches, and bad requests rejected before
+compiling."""
 
 import functools
 
+import flashbax as fbx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import envs
-from agents.diffusion import DiffusionConfig, fit_normalizer, make_diffusion
+from agents.diffusion import DiffusionConfig, make_diffusion
 from agents.replay import Transition
-from agents.replay.synthetic import (
+from agents.replay.synthetic import transitions_to_vectors, vectors_to_transitions
+from agents.sac import SACConfig, SACState, replay_contents
+from agents.synther import (
     SynthERConfig,
     Synthesizer,
+    SyntheticBuffer,
     dynamics_consistency,
     fit_synthesizer,
     make_synther,
+    mixed_batch,
     moments,
-    transitions_to_vectors,
     upsample,
-    vectors_to_transitions,
 )
-from agents.sac import SACConfig
+from envs.wrappers import Normalizer
 
-TINY = DiffusionConfig(width=16, num_blocks=1, embed_dim=16, num_train_steps=10, batch_size=32)
+PENDULUM = envs.make("gymnax:Pendulum-v1")
+TINY = DiffusionConfig(width=16, num_blocks=1, embed_dim=16, total_steps=10, batch_size=32)
 
 
 def random_transitions(n: int, obs_dim: int = 3, act_dim: int = 2, seed: int = 0) -> Transition:
@@ -39,7 +44,8 @@ def random_transitions(n: int, obs_dim: int = 3, act_dim: int = 2, seed: int = 0
 def untrained_synthesizer(data: Transition) -> Synthesizer:
     x = transitions_to_vectors(data)
     model = make_diffusion(TINY.replace(num_sample_steps=2), x.shape[1])
-    state = model.init(jax.random.key(0), fit_normalizer(x, skip_dims=(x.shape[1] - 1,)))
+    norm = Normalizer.fit(x, ddof=1, eps=1e-5, skip_dims=(x.shape[1] - 1,))
+    state = model.init(jax.random.key(0), norm)
     return Synthesizer(model, state, data.obs.shape[1], data.action.shape[1])
 
 
@@ -133,8 +139,7 @@ def test_bad_datasets_and_requests_are_rejected_before_compiling(no_compiles):
 
 def online_config() -> SynthERConfig:
     sac = SACConfig(
-        num_steps=100,
-        total_timesteps=1000,
+        total_steps=1000,
         learning_starts=400,
         utd=1,
         batch_size=32,
@@ -142,44 +147,62 @@ def online_config() -> SynthERConfig:
         hidden=(32, 32),
     )
     diffusion = DiffusionConfig(
-        width=64, num_blocks=2, embed_dim=32, num_train_steps=600, num_sample_steps=16
+        width=64, num_blocks=2, embed_dim=32, total_steps=600, num_sample_steps=16
     )
     return SynthERConfig(sac, diffusion, retrain_every=300, num_synthetic=600, sample_chunk=300)
 
 
-@pytest.mark.slow  # compile-heavy; run with -m slow
-def test_online_refill_resembles_the_real_buffer_and_batches_mix_both():
-    env, params = envs.make("gymnax:Pendulum-v1")
+def is_row(x, rows) -> np.ndarray:
+    """[B] bool: which rows of ``x`` [B, D] are rows of ``rows`` [N, D]."""
+    return (np.abs(np.asarray(rows)[None] - np.asarray(x)[:, None]).max(-1) == 0).any(1)
+
+
+def test_mixed_batches_take_real_rows_then_synthetic_ones():
+    """Half of each batch from SAC's buffer, the other half from the synthetic buffer in
+    ``SACState.aux`` once it is ready (all real before the first refit)."""
+    real = random_transitions(64, seed=1)
+    buffer = fbx.make_item_buffer(64, 1, 32, add_batches=True)  # SAC's buffer
+    stored = buffer.add(buffer.init(jax.tree.map(lambda x: x[0], real)), real)
+    assert int(replay_contents(stored)[1]) == 64
+    synthetic = random_transitions(50)._replace(truncated=np.zeros(50, bool))
+    batch_fn = jax.jit(lambda s, k: mixed_batch(s, k, batch_size=32, synthetic_rows=16))
+    for ready in (True, False):
+        aux = SyntheticBuffer(synthetic, jnp.array(ready))
+        batch = batch_fn(SACState(None, stored, None, None, None, aux), jax.random.key(2))
+        assert batch.obs.shape == (32, 3) and batch.terminated.dtype == bool
+        assert is_row(batch.obs[:16], real.obs).all()
+        assert is_row(batch.obs[16:], synthetic.obs if ready else real.obs).all()
+
+
+def test_bad_online_settings_are_named():
     config = online_config()
-    synther = make_synther(config, env, params)
+    with pytest.raises(ValueError, match="multiple of sample_chunk"):
+        make_synther(config.replace(sample_chunk=7), *PENDULUM)
+    with pytest.raises(ValueError, match="retrain_every=301 must be a positive multiple"):
+        two_envs = config.sac.replace(num_envs=2)
+        make_synther(config.replace(sac=two_envs, retrain_every=301), *PENDULUM)
+    with pytest.raises(ValueError, match="leaves no room for one refit period"):
+        make_synther(config.replace(retrain_every=900), *PENDULUM)
+    with pytest.raises(ValueError, match="ring buffer would overwrite"):
+        make_synther(config.replace(sac=config.sac.replace(buffer_size=800)), *PENDULUM)
+
+
+@pytest.mark.slow  # compile-heavy; run with -m slow
+def test_online_synther_refits_on_the_real_buffer_and_trains_end_to_end():
+    synther = make_synther(online_config(), *PENDULUM)
+    assert synther.num_updates == 2 and synther.steps_per_update == 300
     state = jax.jit(synther.init)(jax.random.key(0))  # 400 uniformly random transitions
-    assert not bool(state.has_synthetic)
-    state = jax.jit(synther.refill)(state, jax.random.key(1))
-    assert bool(state.has_synthetic)
-    syn = jax.tree.map(np.asarray, state.synthetic)
-    stored = jax.tree.map(lambda x: np.asarray(x[0]), state.sac.buffer.experience)
-    real = jax.tree.map(lambda x: x[:400], stored)
+    assert not bool(state.aux.ready)
+    state, metrics = jax.jit(synther.update)(state)  # 300 env steps, then a refit
+    assert bool(state.aux.ready) and np.isfinite(metrics["critic_loss"])
+    syn = jax.tree.map(np.asarray, state.aux.data)
+    real, size = replay_contents(state.buffer)
+    real = jax.tree.map(lambda x: np.asarray(x[: int(size)]), real)
     m = moments(real, syn)
     # cos, sin, angular velocity of the real states: a trained model reproduces their scale
     assert np.abs(m["mean_gap_in_std"][:3]).max() < 0.5, m["mean_gap_in_std"]
     assert ((m["std_ratio"][:3] > 0.6) & (m["std_ratio"][:3] < 1.5)).all(), m["std_ratio"]
-    # batches: the first half real (buffer rows), the second half synthetic once refilled
-    batch_fn = jax.jit(synther.batch)
-    batch = batch_fn(state, jax.random.key(2))
-    is_row = lambda x, rows: (np.abs(rows[None] - x[:, None]).max(-1) == 0).any(1)
-    assert is_row(np.asarray(batch.obs[:16]), real.obs).all()
-    assert is_row(np.asarray(batch.obs[16:]), syn.obs).all()
-    batch = batch_fn(state._replace(has_synthetic=jnp.array(False)), jax.random.key(2))
-    assert is_row(np.asarray(batch.obs), real.obs).all()
-    with pytest.raises(ValueError, match="multiple of sample_chunk"):
-        make_synther(config.replace(sample_chunk=7), env, params)
-
-
-@pytest.mark.slow
-def test_online_synther_trains_end_to_end():
-    env, params = envs.make("gymnax:Pendulum-v1")
-    synther = make_synther(online_config(), env, params)
     state, metrics = jax.jit(synther.train)(jax.random.key(0))
     assert metrics["return"].shape == (2,) and np.isfinite(metrics["critic_loss"]).all()
-    assert bool(state.has_synthetic)  # refitted once, after the first period
-    assert np.isfinite(np.asarray(state.synthetic.obs)).all()
+    assert bool(state.aux.ready)  # refitted once, after the first period (the last is skipped)
+    assert np.isfinite(np.asarray(state.aux.data.obs)).all()

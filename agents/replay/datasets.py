@@ -76,7 +76,7 @@ def dataset_path(dataset_id: str, root: str | Path | None = None) -> Path:
 
 
 def normalized_score(
-    task: str,
+    task: str | None,
     returns: Any,
     ref_min: float | None = None,
     ref_max: float | None = None,
@@ -84,12 +84,13 @@ def normalized_score(
     """D4RL's normalised score ``100 * (R - random) / (expert - random)``.
 
     ``task`` is a locomotion name (``halfcheetah``, ``HalfCheetah``, ``hopper-medium-v2`` or a
-    dataset id like ``skill-agents/walker2d-expert-v0``); ``ref_min``/``ref_max`` override the
-    published D4RL reference returns (e.g. the ones measured for a dataset). ``returns`` is a
-    number or an array; the result has its shape.
+    dataset id like ``skill-agents/walker2d-expert-v0``), or None when ``ref_min`` and
+    ``ref_max`` are given; they override the published D4RL reference returns (e.g. the ones
+    measured for a dataset). ``returns`` is a number, a numpy array (float64 result, a float for
+    a scalar) or a jax array (jax result of its dtype, so it also works inside ``jax.jit``).
     """
     if ref_min is None or ref_max is None:
-        name = task.rsplit("/", 1)[-1].split("-", 1)[0].lower()
+        name = str(task).rsplit("/", 1)[-1].split("-", 1)[0].lower()
         if name not in D4RL_REF_SCORES:
             raise ValueError(
                 f"no D4RL reference returns for task {task!r}; known: {sorted(D4RL_REF_SCORES)}. "
@@ -100,6 +101,8 @@ def normalized_score(
         ref_max = d4rl_max if ref_max is None else ref_max
     if not ref_max > ref_min:
         raise ValueError(f"ref_max={ref_max} must exceed ref_min={ref_min}")
+    if isinstance(returns, jax.Array):  # traced values too
+        return 100.0 * (returns - ref_min) / (ref_max - ref_min)
     scores = 100.0 * (np.asarray(returns, dtype=np.float64) - ref_min) / (ref_max - ref_min)
     return float(scores) if scores.ndim == 0 else scores
 

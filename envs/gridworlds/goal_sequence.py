@@ -154,6 +154,23 @@ class GoalSequence(Environment):
     def num_actions(self) -> int:
         return NUM_ACTIONS
 
+    @staticmethod
+    def demo_spec(params: GoalSequenceParams) -> tuple[int, int]:
+        """(actions in one trial, the code recorded for "stand still": NUM_ACTIONS)."""
+        if not is_concrete(params.trial_length) or np.ndim(params.trial_length):
+            raise ValueError(
+                "GoalSequence: recording needs one concrete trial_length (it fixes the shape of "
+                f"a demonstration), got {params.trial_length}; close over the params, do not "
+                "vmap trial_length."
+            )
+        return int(params.trial_length), NUM_ACTIONS
+
+    @staticmethod
+    def trial_clock(state: GoalSequenceState) -> tuple[jax.Array, jax.Array]:
+        """(trials completed, index of the next action within the trial), int32 (shaped like
+        ``state``'s leaves, so batched states work too)."""
+        return state.trial, state.trial_time
+
     def reset_env(
         self, key: jax.Array, params: GoalSequenceParams
     ) -> tuple[jax.Array, GoalSequenceState]:

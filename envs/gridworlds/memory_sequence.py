@@ -151,6 +151,17 @@ class MemorySequence(Environment):
     def observation_space(self, params: MemorySequenceParams) -> spaces.Box:
         return spaces.Box(0.0, 1.0, (params.obs_dim,), jnp.float32)
 
+    @staticmethod
+    def demo_spec(params: MemorySequenceParams) -> tuple[int, int]:
+        """(actions in one trial at most, the code recorded for a position never reached)."""
+        return params.seq_len, params.num_symbols
+
+    @staticmethod
+    def trial_clock(state: MemorySequenceState) -> tuple[jax.Array, jax.Array]:
+        """(trials completed, index of the next action within the trial), int32 (shaped like
+        ``state``'s leaves, so batched states work too)."""
+        return state.trial, state.position
+
     def reset_env(
         self, key: jax.Array, params: MemorySequenceParams
     ) -> tuple[jax.Array, MemorySequenceState]:

@@ -54,7 +54,6 @@ __all__ = [
     "MultiSkill",
     "MultiSkillParams",
     "MultiSkillState",
-    "boundaries_to_segments",
     "check_params",
     "expert_action",
     "rollout_expert",
@@ -343,21 +342,3 @@ def _rollout(
 
     _, demos = jax.lax.scan(one_step, (obs, state), jax.random.split(key_steps, num_steps))
     return demos
-
-
-def boundaries_to_segments(boundary: Any) -> list[tuple[int, int]]:
-    """Half-open ``(start, end)`` segments (host numpy) of a bool [T] boundary array.
-
-    Each segment starts at index 0 or at a True entry and runs up to the next True entry
-    (exclusive) or to T; ``range(start, end)`` are the steps of one skill.
-    """
-    boundary = np.asarray(boundary, dtype=bool)
-    if boundary.ndim != 1:
-        raise ValueError(
-            f"boundaries_to_segments: expected a 1-D [T] array, got shape {boundary.shape}; "
-            "call it once per trajectory."
-        )
-    starts = np.flatnonzero(boundary)
-    starts = np.concatenate([[0], starts[starts > 0]]).astype(int)
-    ends = np.append(starts[1:], boundary.size)
-    return [(int(s), int(e)) for s, e in zip(starts, ends) if e > s]

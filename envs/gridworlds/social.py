@@ -21,8 +21,8 @@ Demonstrators are either
   goal, each move scrambled (a uniformly random action) with probability 1 - accuracy (the
   reference scrambles 20%: ``GOAL_ORACLE_ACCURACY``); the drawn accuracy is U(0, 1);
 - recorded play (``demos`` int32 [num_demos, demo_length], one drawn uniformly per episode):
-  one trial's actions, ``demo_spec(params)`` giving the length and the "no action" code (a
-  position never reached / standing still). In cultural accumulation (``agents.cultural``)
+  one trial's actions, ``env.demo_spec(params)`` giving the length and the "no action" code
+  (a position never reached / standing still). In cultural accumulation (``skills.cultural``)
   these are the previous generation's.
 
 Visibility is drawn once per trial, with probability ``visibility`` * (T - 1 - trial) / (T - 1)
@@ -31,8 +31,10 @@ in-context accumulation), else ``visibility`` (annealed over training: in-weight
 
 Observation: the task's, then the social channel, then the visibility bit [1].
 
-A task instance can be fixed for every episode (``with_task``): a sequence (Memory Sequence)
-or an initial state, i.e. layout, start and hidden order (Goal Sequence).
+A task instance (``draw_task``) can be fixed for every episode (``with_task``): a sequence
+(Memory Sequence) or an initial state, i.e. layout, start and hidden order (Goal Sequence).
+What cultural accumulation asks of an env is a method of both: ``demo_spec``,
+``trial_clock``, ``draw_task``, ``with_task`` and ``check_demonstrators``.
 """
 
 from __future__ import annotations
@@ -67,8 +69,6 @@ __all__ = [
     "SocialMemorySequenceParams",
     "SocialMemorySequenceState",
     "SocialParams",
-    "demo_spec",
-    "trial_clock",
     "visibility_probability",
 ]
 
@@ -140,28 +140,6 @@ class SocialGoalSequenceState(EnvState):
     accuracy: jax.Array  # float32 []: the oracle's probability of an unscrambled move
     visible: jax.Array  # bool []
     time: jax.Array  # int32 []
-
-
-def demo_spec(params: MemorySequenceParams | GoalSequenceParams) -> tuple[int, int]:
-    """(length of one trial's demonstration, the code for "no action") for either task."""
-    if isinstance(params, MemorySequenceParams):
-        return params.seq_len, params.num_symbols
-    if not is_concrete(params.trial_length) or np.ndim(params.trial_length):
-        raise ValueError(
-            "GoalSequence: recording needs one concrete trial_length (it fixes the shape of "
-            f"a demonstration), got {params.trial_length}; close over the params, do not vmap "
-            "trial_length."
-        )
-    return int(params.trial_length), NUM_ACTIONS
-
-
-def trial_clock(state: Any) -> tuple[jax.Array, jax.Array]:
-    """(trial, index of the next action within the trial), int32 [] each, of either task's
-    state, plain or social."""
-    task = getattr(state, "env_state", state)
-    if isinstance(task, MemorySequenceState):
-        return task.trial, task.position
-    return task.trial, task.trial_time
 
 
 def visibility_probability(trial: jax.Array, params: SocialParams) -> jax.Array:
@@ -238,6 +216,37 @@ class _SocialEnv(Environment):
     def expert_action(self, state: Any, params: Any) -> jax.Array:
         """The task's expert action for the learner (int32 [])."""
         return self.task.expert_action(state.env_state, params)
+
+    def demo_spec(self, params: Any) -> tuple[int, int]:
+        """(length of one trial's demonstration, the code for "no action")."""
+        return self.task.demo_spec(params)
+
+    def trial_clock(self, state: Any) -> tuple[jax.Array, jax.Array]:
+        """(trials completed, index of the learner's next action within the trial), int32
+        (shaped like ``state``'s leaves)."""
+        return self.task.trial_clock(state.env_state)
+
+    def check_demonstrators(self, params: Any, in_context: bool) -> None:
+        """Raise a ValueError unless ``params`` suit in-context accumulation (visibility
+        decaying over the trials, ``in_context_params``) or in-weights accumulation (constant
+        visibility and a ``demos`` array to replace, ``in_weights_params(..., demos=...)``)."""
+        name = type(self).__name__
+        if not isinstance(params, SocialParams):
+            raise ValueError(
+                f"{name}: expected its social params, got {type(params).__name__}; build them "
+                f"with {name}.in_context_params or in_weights_params."
+            )
+        if in_context and not params.visibility_decay:
+            raise ValueError(
+                f"{name}: in-context generations need visibility decaying over the trials; "
+                f"build the params with {name}.in_context_params (visibility_decay=True)."
+            )
+        if not in_context and (params.visibility_decay or params.demos is None):
+            raise ValueError(
+                f"{name}: in-weights generations need constant visibility and recorded "
+                f"demonstrators; build the params with {name}.in_weights_params(..., "
+                "demos=...) (visibility_decay=False and a demos array to replace)."
+            )
 
 
 class SocialMemorySequence(_SocialEnv):

@@ -119,6 +119,23 @@ class MujocoEnv(Environment):
     def observation_space(self, params: MujocoParams | None = None) -> spaces.Box:
         return spaces.Box(-jnp.inf, jnp.inf, (self.task.obs_dim,), jnp.float32)
 
+    def state_from_observation(self, obs: jax.Array) -> MujocoState:
+        """A state whose observation is ``obs`` [obs_dim] (jittable, vmappable).
+
+        The observation is ``qpos[1:]`` then ``qvel``, so it fixes the state up to the root x
+        position (set to 0 here), which no reward, termination or observation depends on; the
+        solver starts cold and the episode at step 0. Exact unless the observed velocities were
+        clipped (Hopper and Walker2d clip them to [-10, 10]).
+        """
+        nq = self.task.model.nq
+        obs = jnp.asarray(obs, jnp.float32)
+        if obs.shape != (self.task.obs_dim,):
+            raise ValueError(
+                f"{self.name}: an observation has shape ({self.task.obs_dim},), got {obs.shape}."
+            )
+        qpos = jnp.concatenate([jnp.zeros(1, jnp.float32), obs[: nq - 1]])
+        return MujocoState(physics=Physics.at_rest(qpos, obs[nq - 1 :]), time=jnp.int32(0))
+
     def reset_env(self, key: jax.Array, params: MujocoParams) -> tuple[jax.Array, MujocoState]:
         qpos, qvel = self.task.reset_qpos_qvel(key)
         state = MujocoState(physics=Physics.at_rest(qpos, qvel), time=jnp.int32(0))

@@ -1,0 +1,170 @@
+"""The agent contract: one ``Policy`` shape, one ``Agent`` bundle, one policy export for all.
+
+    agent = make_ppo(config, env, env_params)       # every learner returns an Agent
+    state = agent.init(key)
+    state, metrics = agent.learn(state)             # one gradient step (PPO: rollout + epochs)
+    state, metrics = agent.update(state)            # learns for one metrics line
+    state, metrics = jax.jit(agent.train)(key)      # agent.num_updates updates; vmap for seeds
+    params = agent.policy_params(state)
+    carry = agent.policy.initial_carry(num_envs)
+    carry, action = agent.policy.act(params, carry, obs, key, deterministic=True)
+    export_policy(directory, agent.policy, params, {"env": "HalfCheetah"})
+    policy, params, metadata = load_policy(directory)  # no trainer, env or dataset needed
+
+A policy acts in the env's own units: observation normalisation and action bounds live inside
+it. Its ``carry`` is its memory (``()`` for memoryless policies); the caller starts it with
+``initial_carry`` and restarts it at episode ends with ``reset_carry``. ``Policy.spec`` is a
+JSON description (``"build": "module:function"`` plus that function's keyword arguments) from
+which ``build_policy`` rebuilds the same policy, which is how ``load_policy`` works without the
+trainer: every policy builder records itself with ``policy_spec``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from agents.checkpoint import load_params, save_params
+
+__all__ = [
+    "Agent",
+    "Policy",
+    "build_policy",
+    "export_policy",
+    "load_policy",
+    "policy_spec",
+    "reset_carry",
+]
+
+PyTree = Any
+Params = Any
+Carry = Any
+Metrics = dict[str, jax.Array]
+# act(params, carry, obs [B, ...], key, deterministic) -> (carry, action [B, ...])
+ActFn = Callable[..., tuple[Carry, jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Policy:
+    """Inference for one agent: ``act`` on a batch of observations, in the env's units.
+
+    ``act(params, carry, obs [B, ...], key, deterministic=False) -> (carry, action [B, ...])``;
+    ``initial_carry(B)`` is the memory of B fresh episodes (``()`` when there is none); ``spec``
+    rebuilds the policy (``build_policy``).
+    """
+
+    act: ActFn
+    initial_carry: Callable[[int], Carry]
+    spec: Mapping[str, Any]
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with arrays and tuples turned into (nested) lists and numpy scalars into Python."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray | jax.Array | np.generic):
+        return np.asarray(value).tolist()
+    return value
+
+
+def policy_spec(build: Callable[..., Policy], **kwargs: Any) -> dict[str, Any]:
+    """The ``spec`` of the policy ``build(**kwargs)`` returns: JSON only (arrays become lists)."""
+    return {"build": f"{build.__module__}:{build.__qualname__}", **_jsonable(kwargs)}
+
+
+def build_policy(spec: Mapping[str, Any]) -> Policy:
+    """The policy a ``spec`` describes (its builder is imported by name)."""
+    spec = dict(spec)
+    target = spec.pop("build", None)
+    if not isinstance(target, str) or ":" not in target:
+        raise ValueError(
+            f"a policy spec needs 'build': 'module:function', got {target!r}; specs come from "
+            "Policy.spec (agents.core.policy_spec)"
+        )
+    module, name = target.split(":", 1)
+    try:
+        build = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(
+            f"cannot rebuild the policy: {target} does not exist in this codebase ({err}); "
+            "load it with the code version that exported it"
+        ) from err
+    return build(**spec)
+
+
+def no_carry(batch_size: int) -> tuple:
+    """The (empty) memory of a memoryless policy."""
+    return ()
+
+
+def reset_carry(policy: Policy, carry: Carry, done: jax.Array) -> Carry:
+    """``carry`` [B, ...] with the entries where ``done`` [B] is set back to the initial memory."""
+    fresh = policy.initial_carry(done.shape[0])
+    pick = lambda new, old: jnp.where(done.reshape(done.shape + (1,) * (old.ndim - 1)), new, old)
+    return jax.tree.map(pick, fresh, carry)
+
+
+class Agent:
+    """What every learner returns; see the module docstring.
+
+    ``learn`` is one gradient step (PPO: one rollout and its epochs; SAC: one env step and its
+    ``utd`` gradient steps); ``update`` is ``learn`` repeated for one metrics line (offline
+    learners: ``eval_every`` steps and an evaluation); ``train`` runs ``num_updates`` updates
+    from ``init(key)``. ``steps_per_update`` counts ``step_unit``s (env or gradient steps).
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        init: Callable[[jax.Array], PyTree],
+        learn: Callable[[PyTree], tuple[PyTree, Metrics]],
+        update: Callable[[PyTree], tuple[PyTree, Metrics]],
+        policy_params: Callable[[PyTree], Params],
+        num_updates: int,
+        steps_per_update: int,
+        step_unit: str = "env steps",
+        train: Callable[[jax.Array], tuple[PyTree, Metrics]] | None = None,
+    ):
+        self.policy = policy
+        self.init = init
+        self.learn = learn
+        self.update = update
+        self.policy_params = policy_params
+        self.num_updates = int(num_updates)
+        self.steps_per_update = int(steps_per_update)
+        self.step_unit = step_unit
+        self.train = self._train if train is None else train
+
+    def _train(self, key: jax.Array) -> tuple[PyTree, Metrics]:
+        """A whole run: ``num_updates`` updates from ``init(key)``; metrics [num_updates]."""
+        return jax.lax.scan(lambda s, _: self.update(s), self.init(key), None, self.num_updates)
+
+
+def export_policy(
+    directory: str | os.PathLike,
+    policy: Policy,
+    params: Params,
+    metadata: Mapping[str, Any] | None = None,
+) -> None:
+    """Save ``params`` (one agent's, not a batch) with ``policy.spec`` and JSON ``metadata``."""
+    save_params(directory, params, {"policy": dict(policy.spec), **_jsonable(dict(metadata or {}))})
+
+
+def load_policy(directory: str | os.PathLike) -> tuple[Policy, Params, dict[str, Any]]:
+    """``(policy, params, metadata)`` from ``export_policy``: act with ``policy.act``."""
+    params, metadata = load_params(directory)
+    if "policy" not in metadata:
+        raise ValueError(
+            f"{directory} holds parameters without a policy spec; export policies with "
+            "agents.core.export_policy"
+        )
+    return build_policy(metadata["policy"]), params, metadata

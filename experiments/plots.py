@@ -1,0 +1,145 @@
+"""Study plots on rliable's interval estimates and plotting utilities (matplotlib, headless).
+
+    plot_curves(path, x, {"PPO": returns [S, N]}, "env steps", "return", "PPO on CartPole")
+    plot_intervals(path, {"IQL": scores [S], "TD3+BC": scores [S]}, "normalised score")
+    with figure(path, ncols=2) as (left, right): ...       # any other plot, saved and closed
+
+Curves and intervals are the interquartile mean over seeds with 95% stratified-bootstrap
+confidence intervals, as ``experiments.runner.iqm_ci`` reports them in tables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from experiments.runner import iqm
+
+__all__ = ["figure", "iqm_curves", "plot_curves", "plot_intervals", "plot_pr"]
+
+MAX_POINTS = 100  # curve points bootstrapped (long curves are subsampled evenly)
+
+
+@contextlib.contextmanager
+def figure(
+    path: str | Path, ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (6.0, 4.0)
+) -> Iterator[Any]:
+    """Axes of a ``nrows x ncols`` figure (one Axes, or an array), saved to ``path`` as PNG."""
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows))
+    try:
+        yield axes
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+
+
+def _ffill(y: np.ndarray) -> np.ndarray:
+    """Carry the last finite value forward along axis 1 (updates where no episode ended)."""
+    y = np.array(y, dtype=np.float64)
+    for row in y:
+        last = np.nan
+        for i, v in enumerate(row):
+            last = v if np.isfinite(v) else last
+            row[i] = last
+    return y
+
+
+def iqm_curves(
+    curves: Mapping[str, np.ndarray], reps: int = 200, seed: int = 0
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """IQM over seeds of each [S, N] curve and its 95% bootstrap CI: ({name: [N]}, {name: [2, N]}).
+
+    Points with no finite value yet (before any episode ended) stay NaN.
+    """
+    from rliable import library as rly
+
+    scores = {name: _ffill(y)[:, None, :] for name, y in curves.items()}  # [S, 1 task, N]
+    per_point = lambda s: np.array([iqm(s[..., i]) for i in range(s.shape[-1])])
+    np.random.seed(seed)  # rliable's bootstrap draws from numpy's global generator
+    return rly.get_interval_estimates(scores, per_point, reps=reps)
+
+
+def plot_curves(
+    path: str | Path,
+    x: np.ndarray,
+    curves: Mapping[str, np.ndarray],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    hlines: Mapping[str, tuple[float, float, float]] | None = None,
+) -> None:
+    """IQM over seeds (line) with its 95% CI (band) of each named [S, N] curve over ``x`` [N];
+    ``hlines`` are reference levels ``(point, lo, hi)`` drawn across."""
+    from rliable import plot_utils
+
+    x = np.asarray(x)
+    pick = np.unique(np.linspace(0, x.size - 1, min(x.size, MAX_POINTS)).round().astype(int))
+    points, intervals = iqm_curves({k: np.asarray(v)[:, pick] for k, v in curves.items()})
+    labels = {name: f"{name} ({np.shape(y)[0]} seeds)" for name, y in curves.items()}
+    with figure(path, size=(6.5, 4.0)) as ax:
+        plot_utils.plot_sample_efficiency_curve(
+            x[pick],
+            {labels[k]: v for k, v in points.items()},
+            {labels[k]: v for k, v in intervals.items()},
+            xlabel=xlabel,
+            ylabel=ylabel,
+            ax=ax,
+            labelsize="medium",
+            ticklabelsize="small",
+            marker="" if pick.size > 20 else "o",
+        )
+        for i, (name, (point, lo, hi)) in enumerate((hlines or {}).items()):
+            colour = f"C{len(curves) + i}"
+            ax.axhline(point, ls="--", color=colour, label=name)
+            ax.axhspan(lo, hi, alpha=0.12, color=colour)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+
+
+def plot_intervals(
+    path: str | Path, scores: Mapping[str, np.ndarray], xlabel: str, title: str = ""
+) -> None:
+    """IQM and 95% bootstrap CI of each named set of per-seed ``scores`` [S] (rliable's interval
+    plot), with the seeds' own values as dots."""
+    from rliable import library as rly
+    from rliable import plot_utils
+
+    data = {name: np.asarray(v, np.float64).reshape(-1, 1) for name, v in scores.items()}
+    np.random.seed(0)
+    points, intervals = rly.get_interval_estimates(data, lambda s: np.array([iqm(s)]), reps=2000)
+    fig, axes = plot_utils.plot_interval_estimates(
+        points,
+        intervals,
+        metric_names=[xlabel],
+        algorithms=list(data),
+        xlabel=xlabel,
+        subfigure_width=6.0,
+        row_height=0.5,
+        xlabel_y_coordinate=-0.3,
+    )
+    ax = np.ravel([axes])[0]
+    for i, name in enumerate(data):
+        ax.scatter(data[name][:, 0], np.full(len(data[name]), i), color="k", s=8, zorder=3)
+    if title:
+        ax.set_title(title)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_pr(ax: Any, curves: Mapping[str, tuple[Mapping[str, Any], str]], xlabel: str) -> None:
+    """Each named precision-recall sweep ({"precision": [S, N], "recall": [S, N]}, line style)
+    as the IQM over seeds of its points, on ``ax``."""
+    per_point = lambda v: [iqm(np.asarray(v)[:, i]) for i in range(np.shape(v)[1])]
+    for name, (c, style) in curves.items():
+        ax.plot(per_point(c["recall"]), per_point(c["precision"]), style, label=name)
+    ax.set(xlabel=xlabel, ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))

@@ -1,0 +1,154 @@
+"""The scaffold every study stands on: shared arguments, its run folder, named keys, results.
+
+    @dataclasses.dataclass
+    class Args(StudyArgs):
+        out: str = "results/my_study"
+        ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
+
+    def main(args: Args) -> dict:
+        study = Study("my_study", args)                  # folder, config.json, seeds
+        state, metrics, timing = train_policy(study.folder("agent"), agent, study.key("agent"),
+                                              args.seeds, progress=args.progress)
+        return study.finish(results, summary_text)       # results.json, summary.md, printed
+
+One config serialisation (``config_dict``: nested dataclasses and flax configs become dicts,
+tuples and arrays lists) and keys derived by name (``named_key``: ``fold_in`` of a stable hash
+of each name) instead of seed offsets, so adding a stage never shifts another stage's keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from agents.core import Agent, export_policy
+from experiments.runner import RunFolder, iqm_ci, run_chunked, write_atomic
+
+__all__ = [
+    "RUN_ONLY",
+    "Study",
+    "StudyArgs",
+    "config_dict",
+    "metric_lines",
+    "named_key",
+    "per_seed",
+    "train_policy",
+]
+
+#: Arguments that change how a run is carried out, never its results.
+RUN_ONLY = ("out", "progress", "updates_per_chunk")
+
+
+@dataclasses.dataclass
+class StudyArgs:
+    """Arguments every study has."""
+
+    out: str = "results/study"  # the run folder; an existing one is resumed
+    seed: int = 0
+    seeds: int = 5
+    progress: bool = True
+
+
+def config_dict(obj: Any, drop: tuple[str, ...] = ()) -> Any:
+    """``obj`` as JSON: dataclasses (flax configs included) as dicts of their fields without
+    ``drop`` (top level only), tuples as lists, arrays as (nested) lists, recursively."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {
+            f.name: config_dict(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if f.name not in drop
+        }
+    if isinstance(obj, Mapping):
+        return {str(k): config_dict(v) for k, v in obj.items() if k not in drop}
+    if isinstance(obj, list | tuple):
+        return [config_dict(v) for v in obj]
+    if isinstance(obj, np.ndarray | jax.Array | np.generic):
+        return np.asarray(obj).tolist()
+    return obj
+
+
+def per_seed(x: Any) -> Any:
+    """Per-seed values as results, recursively through dicts: [S] -> IQM [95% CI], arrays
+    [S, ...] -> nested lists."""
+    if isinstance(x, Mapping):
+        return {k: per_seed(v) for k, v in x.items()}
+    return iqm_ci(np.asarray(x)) if np.ndim(x) == 1 else np.asarray(x).tolist()
+
+
+def metric_lines(stage: str, index: str, at: Any, columns: Mapping[str, Any]) -> list[dict]:
+    """Metrics lines ``{"stage": stage, index: value, name: [S] values at position}`` for each
+    (position, value) in ``at``, of ``columns`` {name: [S, N]}."""
+    cut = lambda i: {k: np.asarray(c)[:, i].tolist() for k, c in columns.items()}
+    return [{"stage": stage, index: value, **cut(i)} for i, value in at]
+
+
+def named_key(seed: int, *names: str | int) -> jax.Array:
+    """The key of ``names`` under ``seed``: one ``fold_in`` per name (a CRC32 of its text)."""
+    key = jax.random.key(seed)
+    for name in names:
+        key = jax.random.fold_in(key, zlib.crc32(str(name).encode()) & 0x7FFFFFFF)
+    return key
+
+
+class Study:
+    """A study's run folder: its config, named keys, sub-run folders and final results."""
+
+    def __init__(self, name: str, args: Any, **extra: Any):
+        self.name, self.args = name, args
+        self.path = Path(args.out)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.config = {"experiment": name, **config_dict(args, drop=RUN_ONLY), **extra}
+        write_atomic(self.path / "config.json", json.dumps(self.config, indent=2, sort_keys=True))
+        self.start = time.perf_counter()
+
+    def key(self, *names: str | int) -> jax.Array:
+        """The key of one named stage of this study (``named_key(args.seed, *names)``)."""
+        return named_key(self.args.seed, *names)
+
+    def seed_keys(self, *names: str | int) -> jax.Array:
+        """[args.seeds] keys of one named stage, one per seed."""
+        return jax.random.split(self.key(*names), self.args.seeds)
+
+    def folder(self, *parts: str, **config: Any) -> RunFolder:
+        """The run folder ``out/<parts>`` of one sub-run, recording the study's config and
+        ``config`` (a resumed sub-run must match both)."""
+        return RunFolder(self.path.joinpath(*parts), {**self.config, **config_dict(config)})
+
+    def finish(self, results: dict, summary: str) -> dict:
+        """Write ``results.json`` (with the wall-clock time) and ``summary.md``; print it."""
+        results = {**results, "wall_s": time.perf_counter() - self.start}
+        text = json.dumps(config_dict(results), indent=2, default=float)
+        write_atomic(self.path / "results.json", text)
+        write_atomic(self.path / "summary.md", summary)
+        print(summary)
+        return results
+
+
+def train_policy(
+    folder: RunFolder,
+    agent: Agent,
+    key: jax.Array,
+    num_seeds: int,
+    updates_per_chunk: int = 50,
+    progress: bool = True,
+    metadata: Mapping[str, Any] | None = None,
+) -> tuple[Any, dict[str, np.ndarray], dict[str, float]]:
+    """Train ``num_seeds`` seeds of ``agent`` in ``folder`` (resumable) and export the first
+    seed's policy to ``folder/policy`` (``agents.core.load_policy`` reads it back).
+
+    Returns the final batched state, metrics {name: [num_seeds, num_updates]} and timing.
+    """
+    state, metrics, timing = run_chunked(agent, key, num_seeds, folder, updates_per_chunk, progress)
+    target = folder.path / "policy"
+    if not target.exists():
+        params = jax.tree.map(lambda x: x[0], agent.policy_params(state))
+        export_policy(target, agent.policy, params, {**folder.config, **(metadata or {})})
+    return state, metrics, timing

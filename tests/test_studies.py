@@ -1,0 +1,249 @@
+"""Every study's real CLI end to end with tiny arguments, into a temporary folder.
+
+Each test runs ``python -m experiments.<name> ...`` in a fresh process whose XLA skips its
+expensive optimisation passes (compiling dominates tiny runs; the numbers are not the point),
+then checks the study wrote ``results.json`` and ``summary.md`` and that every number in the
+results is finite (NaN would mean a stage silently produced nothing). Every study module with a
+``main`` has a test here, and the import-linter contract lists it (checked below).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pkgutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import experiments
+
+ROOT = Path(__file__).resolve().parents[1]
+SCAFFOLD = {"runner", "study", "plots"}
+FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def check_outputs(out: Path, allow_nan: tuple[str, ...] = ()) -> dict:
+    """``out`` holds results.json and summary.md; every number in the results is finite,
+    except under keys named in ``allow_nan``."""
+    assert (out / "summary.md").read_text().strip()
+    results = json.loads((out / "results.json").read_text())
+
+    def walk(x, path):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if k not in allow_nan:
+                    walk(v, f"{path}.{k}")
+        elif isinstance(x, list):
+            for i, v in enumerate(x):
+                walk(v, f"{path}[{i}]")
+        elif isinstance(x, float):
+            assert math.isfinite(x), f"{path} = {x}"
+        elif x is None:
+            raise AssertionError(f"{path} is null (NaN or missing)")
+
+    walk(results, "results")
+    return results
+
+
+def run_study(name: str, out: Path, *argv: str) -> dict:
+    """``python -m experiments.<name> *argv --out out --no-progress``; its checked results."""
+    cmd = [sys.executable, "-m", f"experiments.{name}", *argv, "--out", str(out), "--no-progress"]
+    env = {**os.environ, "XLA_FLAGS": FAST_XLA, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stderr[-4000:]}"
+    return check_outputs(out)
+
+
+def studies() -> list[str]:
+    return sorted(
+        m.name
+        for m in pkgutil.iter_modules(experiments.__path__)
+        if m.name not in SCAFFOLD
+        and "def main" in (ROOT / "experiments" / f"{m.name}.py").read_text()
+    )
+
+
+def test_every_study_has_a_smoke_test_and_an_independence_contract():
+    text = Path(__file__).read_text()
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    contracts = config["tool"]["importlinter"]["contracts"]
+    independent = next(c["modules"] for c in contracts if c["type"] == "independence")
+    for name in studies():
+        assert f"def test_{name}(" in text, f"experiments/{name}.py has no smoke test here"
+        assert f"experiments.{name}" in independent, f"experiments.{name} is not in the contract"
+
+
+def test_ppo(tmp_path):
+    ppo = ("--ppo.num-envs", "4", "--ppo.num-steps", "16", "--ppo.total-steps", "192")
+    run_study(
+        "ppo", tmp_path, "--seeds", "2", *ppo, "--ppo.num-minibatches", "2", "--eval-envs", "4"
+    )
+    assert (tmp_path / "policy" / "policy.json").exists()
+
+
+def test_quickstart(tmp_path):
+    args = ("--seeds", "2", "--gridworld-steps", "4096", "--memory-seeds", "2")
+    results = run_study(
+        "quickstart", tmp_path, *args, "--memory-steps", "1024", "--eval-episodes", "4"
+    )
+    assert set(results) >= {"multiskill", "expert", "recurrent", "feedforward"}
+    for run in ("multiskill_ppo", "memory_recurrent", "memory_feedforward"):
+        assert (tmp_path / run / "policy" / "policy.json").exists()
+
+
+def test_offline(tmp_path, dataset_root):
+    from agents.core import load_policy
+
+    argv = ["--seeds", "2", "--algos", "iql", "--tasks", "halfcheetah", "--levels", "medium"]
+    argv += ["--total-steps", "200", "--eval-every", "100", "--eval-episodes", "2"]
+    argv += ["--iql.hidden", "16", "--iql.batch-size", "32", "--root", str(dataset_root)]
+    # TD3+BC goes through the same code (and would add about 45 CPU-s)
+    results = run_study("offline", tmp_path, *argv)
+    assert [(r["algo"], r["corl"]) for r in results["runs"]] == [("iql", 48.3)]
+    assert "| IQL | halfcheetah-medium |" in (tmp_path / "results.md").read_text()
+    policy, _, meta = load_policy(tmp_path / "iql" / "halfcheetah-medium" / "policy")
+    assert meta["dataset"] == "skill-agents/halfcheetah-medium-v0" and policy.spec["hidden"] == [16]
+    assert run_study("offline", tmp_path, *argv)["runs"] == results["runs"]  # read, not rerun
+
+
+def test_make_datasets(tmp_path):
+    """A real tiny SAC on HalfCheetah (300 env steps, 50-step episodes) makes every level,
+    exports the medium and expert policies, and a second call skips the finished task."""
+    from agents.core import load_policy
+    from agents.replay.datasets import load_dataset
+    from experiments.make_datasets import LEVELS
+
+    root = tmp_path / "datasets"
+    argv = ["--tasks", "halfcheetah", "--snapshot-every", "100", "--dataset-steps", "100"]
+    argv += ["--env-kwargs", '{"backend": "native", "max_steps_in_episode": 50}']
+    argv += ["--sac.num-steps", "50", "--sac.total-steps", "300", "--sac.learning-starts", "100"]
+    argv += ["--sac.batch-size", "32", "--sac.buffer-size", "300", "--sac.hidden", "16", "16"]
+    argv += ["--collect-envs", "2", "--root", str(root)]
+    results = run_study("make_datasets", tmp_path / "out", *argv)["halfcheetah"]
+    for level in LEVELS:
+        _dat, meta = load_dataset(f"skill-agents/halfcheetah-{level}-v0", root)
+        assert meta["level"] == level and meta["ref_max_score"] == results["expert_return"]
+    assert results["levels"]["medium-replay"]["transitions"] == results["medium_env_steps"]
+    _, _, meta = load_policy(tmp_path / "out" / "halfcheetah" / "policies" / "expert")
+    assert meta["env_kwargs"]["max_steps_in_episode"] == 50
+    assert run_study("make_datasets", tmp_path / "out", *argv)["halfcheetah"] == results  # skipped
+
+
+def test_make_datasets_args_are_checked():
+    import pytest
+
+    from agents.sac import SACConfig
+    from experiments.make_datasets import Args
+
+    for overrides, match in [
+        ({"tasks": ("ant",)}, "unknown task"),
+        ({"sac": SACConfig(total_steps=20_000, buffer_size=10_000)}, "must never wrap"),
+        ({"snapshot_every": 1_500}, "snapshot_every=1500 must be a multiple"),
+        ({"eval_episodes": 5}, "need >= 10"),
+        ({"dataset_steps": 1_005}, "multiple of collect_envs=10"),
+        ({"seeds": 2}, "one SAC run makes a task's datasets"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            Args(**overrides).validate()
+
+
+def test_medium_is_the_closest_snapshot_on_the_way_up():
+    import numpy as np
+
+    from agents.replay.levels import medium_snapshot
+
+    # expert 1500 -> target 500; the late dip to 495 is not a medium policy
+    evals = np.array([188, 325, 453, 871, 439, 2432, 495, 1500.0])
+    assert medium_snapshot(evals, 1500.0) == 2
+    assert medium_snapshot(np.array([-60, 1100, 2000, 6000.0]), 6000.0) == 2
+    assert medium_snapshot(np.array([900, 100, 520, 1500.0]), 1500.0) == 0
+
+
+def test_synther(tmp_path, dataset_root):
+    """Quality, offline (IQL on subset / upsampled / full) and online (SynthER, SAC at its UTD
+    and at UTD 1 on Pendulum with 50-step episodes) with an untrained tiny diffusion model."""
+    # untrained, so a small sigma_max keeps its samples (actions too) near the data
+    tiny = {"width": 16, "num-blocks": 1, "embed-dim": 16, "total-steps": 20, "batch-size": 32}
+    tiny |= {"num-sample-steps": 2, "sigma-max": 0.2, "s-churn": 0.0}
+    sac = {"total-steps": 250, "learning-starts": 100, "utd": 2, "batch-size": 32}
+    sac |= {"buffer-size": 250, "hidden": 16}
+    online = {"retrain-every": 50, "num-synthetic": 64, "sample-chunk": 32}
+    flags = lambda prefix, d: [x for k, v in d.items() for x in (f"--{prefix}{k}", str(v))]
+    argv = ["--seeds", "2", "--dataset", "skill-agents/halfcheetah-medium-replay-v0"]
+    argv += ["--root", str(dataset_root), "--subset-fraction", "0.5", "--num-synthetic", "400"]
+    argv += ["--quality-samples", "100", "--offline-steps", "20", "--eval-every", "10"]
+    argv += ["--eval-episodes", "2", "--online-env", "gymnax:Pendulum-v1"]
+    argv += ["--online-env-kwargs", '{"max_steps_in_episode": 50}', *flags("diffusion.", tiny)]
+    argv += flags("online.diffusion.", tiny) + flags("online.sac.", sac) + flags("online.", online)
+    results = run_study("synther", tmp_path, *argv)
+    assert set(results["offline"]) == {"subset", "upsampled subset", "full"}
+    assert set(results["online"]["arms"]) == {"SynthER UTD 2", "SAC UTD 2", "SAC UTD 1"}
+    for plot in ("quality_moments", "offline_scores", "online_curves"):
+        assert (tmp_path / f"{plot}.png").exists()
+    assert (tmp_path / "online" / "SynthER_UTD_2" / "policy" / "policy.json").exists()
+
+
+# a tiny recurrent PPO and Memory Sequence task for the cultural studies
+TINY_CULTURAL = ["--seeds", "2", "--ppo.num-envs", "2", "--ppo.num-steps", "8"]
+TINY_CULTURAL += ["--ppo.total-steps", "32", "--ppo.update-epochs", "1", "--ppo.num-minibatches"]
+TINY_CULTURAL += ["1", "--ppo.hidden", "8", "--ppo.embed", "8", "--ppo.gru-hidden", "8"]
+TINY_CULTURAL += ["--task.num-symbols", "3", "--task.seq-len", "4"]
+
+
+def test_cultural_in_context(tmp_path):
+    argv = ["--num-trials", "2", "--generations", "2", "--population", "2", "--tasks", "2"]
+    run_study(
+        "cultural_in_context", tmp_path, "memory", *TINY_CULTURAL, *argv, "--demo-from", "last"
+    )
+    assert (tmp_path / "social" / "policy" / "policy.json").exists()
+    assert len((tmp_path / "generations_last" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_cultural_in_weights(tmp_path):
+    argv = ["--generations", "2", "--num-demos", "2", "--eval-episodes", "2"]
+    run_study("cultural_in_weights", tmp_path, "memory", *TINY_CULTURAL, *argv)
+    assert (tmp_path / "generations" / "policy" / "policy.json").exists()
+    assert len((tmp_path / "single_lifetime" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_sbd(tmp_path):
+    room = {"height": 7, "width": 7, "num_objects": 3, "min_skill_len": 2, "max_skill_len": 4}
+    argv = ["--seeds", "2", "--env-kwargs", json.dumps({**room, "max_steps_in_episode": 24})]
+    argv += ["--num-demos", "8", "--eval-demos", "8", "--model.embed", "8", "--model.gru-hidden"]
+    argv += ["8", "--model.head", "8", "--model.total-steps", "4", "--model.batch-size", "4"]
+    argv += ["--gaps", "0.5", "0.75", "--fixed-lengths", "2", "4", "--random-rates", "0.1"]
+    argv += ["--policy.hidden", "8", "--policy.total-steps", "4", "--policy.batch-size", "8"]
+    run_study("sbd", tmp_path, *argv, "--eval-episodes", "2", "--tour-steps", "8")
+    assert (tmp_path / "pr_curve.png").exists() and (tmp_path / "metrics.jsonl").exists()
+
+
+def test_sbd_mujoco(tmp_path):
+    """Trains the forward behaviour's tiny SAC policy itself (the training path); backward and
+    jump are tiny untrained SAC actors exported beforehand (the loading path): one SAC compile
+    instead of three."""
+    import jax
+    import jax.numpy as jnp
+
+    import envs
+    from agents.core import export_policy
+    from agents.sac import SquashedGaussianActor, sac_policy
+
+    env, params = envs.make("HalfCheetah", backend="native")
+    space, obs_dim = env.action_space(params), env.observation_space(params).shape[0]
+    for i, name in enumerate(("backward", "jump")):
+        weights = SquashedGaussianActor(6, (8, 8)).init(jax.random.key(i), jnp.zeros(obs_dim))
+        policy = sac_policy(space.low, space.high, (8, 8))
+        export_policy(tmp_path / "policies" / name / "policy", policy, weights, {"env_steps": 0})
+    argv = ["--policies", str(tmp_path / "policies"), "--forward-policy", "", "--seeds", "2"]
+    argv += ["--sac.num-steps", "50", "--sac.total-steps", "200", "--sac.learning-starts", "100"]
+    argv += ["--sac.batch-size", "32", "--sac.buffer-size", "200", "--sac.hidden", "8", "8"]
+    argv += ["--policy-eval-episodes", "1", "--num-demos", "2", "--demo-steps", "80"]
+    argv += ["--min-segment", "25", "--max-segment", "40", "--model.embed", "8"]
+    argv += ["--model.gru-hidden", "8", "--model.head", "8", "--model.total-steps", "4"]
+    argv += ["--model.batch-size", "2", "--train-window", "40", "--gaps", "4.0", "12.0"]
+    argv += ["--fixed-lengths", "5", "10", "--random-rates", "0.1"]
+    run_study("sbd_mujoco", tmp_path / "study", *argv)
+    assert (tmp_path / "policies" / "forward" / "policy" / "policy.json").exists()
