@@ -36,6 +36,7 @@ from agents.checkpoint import load_params, save_params
 __all__ = [
     "Agent",
     "Policy",
+    "batched",
     "build_policy",
     "export_policy",
     "load_policy",
@@ -147,6 +148,33 @@ class Agent:
     def _train(self, key: jax.Array) -> tuple[PyTree, Metrics]:
         """A whole run: ``num_updates`` updates from ``init(key)``; metrics [num_updates]."""
         return jax.lax.scan(lambda s, _: self.update(s), self.init(key), None, self.num_updates)
+
+
+def batched(make: Callable[[PyTree], Agent], settings: PyTree) -> Agent:
+    """One Agent that trains ``make(s)`` for every setting ``s`` in ``settings`` (a pytree with
+    a leading [B] axis: stacked configs or env params, e.g. task variants) in one program; its
+    states, metrics and policy params gain that leading [B] axis.
+
+    ``train`` works for any settings. ``init`` and ``update`` apart (``run_chunked``) need
+    settings that the state does not capture statically: env params, not optimiser
+    hyperparameters (a ``TrainState`` keeps its optimiser, built from them, as a constant).
+    """
+    size = jax.tree.leaves(settings)[0].shape[0]
+    first = make(jax.tree.map(lambda x: x[0], settings))
+    each = lambda f: lambda state: jax.vmap(lambda c, s: f(make(c))(s))(settings, state)
+    keys = lambda key: jax.random.split(key, size)
+    train = lambda key: jax.vmap(lambda c, k: make(c).train(k))(settings, keys(key))
+    return Agent(
+        first.policy,
+        lambda key: jax.vmap(lambda c, k: make(c).init(k))(settings, keys(key)),
+        each(lambda agent: agent.learn),
+        each(lambda agent: agent.update),
+        each(lambda agent: agent.policy_params),
+        first.num_updates,
+        first.steps_per_update,
+        first.step_unit,
+        train,
+    )
 
 
 def export_policy(

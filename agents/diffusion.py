@@ -17,6 +17,12 @@ from which ``sample`` draws with the stochastic Heun sampler. Data are z-scored 
 loops, so a whole fit-and-sample fits inside one jitted program (online SynthER retrains inside
 its training scan). An optional conditioning input (``cond``, concatenated to the noisy input)
 lets the same model serve diffusion policies.
+
+The module's second form is DDPM as IDQL writes it, which diffusion policies use (PSEC's base
+and skills, ``agents.diffusion_policy``): ``vp_betas`` (a T-step variance-preserving schedule),
+``NoiseNet`` (learnable Fourier features of the step, a LayerNorm residual MLP with dropout),
+``ddpm_loss`` (eps-prediction, optionally weighted per example) and ``ddpm_sample`` (ancestral
+sampling, clipped after every step).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from flax.training.train_state import TrainState
 from tqdm import tqdm
 
 from agents.hparams import require, require_fields, static, sweepable
-from agents.networks import ResidualMLP, torch_dense
+from agents.networks import ResidualMLP, activation_fn, torch_dense
 from envs.core import is_concrete
 from envs.wrappers import Normalizer
 
@@ -475,3 +481,94 @@ def fit(
             bar.update(n)
             bar.set_postfix(loss=f"{losses[-1][-max(1, n // 10) :].mean():.4f}")
     return state, np.concatenate(losses)
+
+
+# --------------------------------------------------------------------------------------------
+# DDPM in IDQL's form: the diffusion policies' model (few steps, eps-prediction, clipped)
+
+
+def vp_betas(num_steps: int, beta_min: float = 0.1, beta_max: float = 10.0) -> jax.Array:
+    """IDQL's variance-preserving noise schedule: betas [num_steps] of a discretised VP SDE."""
+    require(num_steps >= 1, f"num_steps={num_steps} must be >= 1")
+    t = jnp.arange(1, num_steps + 1, dtype=jnp.float32)
+    T = float(num_steps)
+    alpha = jnp.exp(-beta_min / T - 0.5 * (beta_max - beta_min) * (2 * t - 1) / T**2)
+    return 1.0 - alpha
+
+
+class NoiseNet(nn.Module):
+    """IDQL's noise predictor eps(x_t, t, cond) -> [..., out_dim].
+
+    Learnable Fourier features of the step t (``time_dim``) through an MLP (2 x 2 time_dim,
+    mish), concatenated with x_t and cond, then a residual MLP of ``num_blocks`` blocks
+    ``x + Dense(mish(Dense_{4 width}(LayerNorm(dropout(x)))))`` and mish -> Dense(out_dim).
+    """
+
+    out_dim: int
+    width: int = 256
+    num_blocks: int = 3
+    time_dim: int = 64
+    dropout: float = 0.1
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, t: jax.Array, cond: jax.Array, train: bool = False
+    ) -> jax.Array:
+        # x [B, D], t [B] (step index), cond [B, C] -> [B, out_dim]
+        freqs = self.param("fourier", nn.initializers.normal(0.2), (self.time_dim // 2,))
+        angles = 2.0 * jnp.pi * t.astype(jnp.float32)[..., None] * freqs
+        emb = jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+        mish = activation_fn("mish")
+        emb = nn.Dense(2 * self.time_dim)(mish(nn.Dense(2 * self.time_dim)(emb)))
+        h = jnp.concatenate([x, cond, emb], axis=-1)
+        net = ResidualMLP(
+            self.width, self.num_blocks, self.out_dim, "mish", True, 4, self.dropout, False
+        )
+        return net(h, train)
+
+
+def ddpm_loss(
+    eps_fn: Callable[[jax.Array, jax.Array], jax.Array],
+    x0: jax.Array,
+    key: jax.Array,
+    betas: jax.Array,
+    weights: jax.Array | None = None,
+) -> jax.Array:
+    """The (optionally per-example ``weights`` [B]) eps-prediction loss of ``eps_fn(x_t, t)``
+    on clean ``x0`` [B, D] at a uniformly drawn step t, as in DDPM and IDQL."""
+    k_t, k_noise = jax.random.split(key)
+    alpha_hat = jnp.cumprod(1.0 - betas)
+    t = jax.random.randint(k_t, x0.shape[:1], 0, betas.shape[0])
+    noise = jax.random.normal(k_noise, x0.shape)
+    a = alpha_hat[t][:, None]
+    err = jnp.mean(jnp.square(eps_fn(jnp.sqrt(a) * x0 + jnp.sqrt(1 - a) * noise, t) - noise), -1)
+    return jnp.mean(err if weights is None else weights * err)
+
+
+def ddpm_sample(
+    eps_fn: Callable[[jax.Array, jax.Array], jax.Array],
+    key: jax.Array,
+    shape: tuple[int, int],
+    betas: jax.Array,
+    clip: float = 1.0,
+    temperature: float = 1.0,
+) -> jax.Array:
+    """Ancestral DDPM samples [shape] of ``eps_fn(x_t, t)``, clipped to [-clip, clip] after
+    every step (IDQL's sampler: noise ``sqrt(beta_t) * temperature`` for t > 0)."""
+    alphas = 1.0 - betas
+    alpha_hat = jnp.cumprod(alphas)
+
+    def step(x, inputs):
+        t, k = inputs
+        eps = eps_fn(x, jnp.full(shape[:1], t))
+        x = (x - (1 - alphas[t]) / jnp.sqrt(1 - alpha_hat[t]) * eps) / jnp.sqrt(alphas[t])
+        z = jax.random.normal(k, shape)
+        x = x + (t > 0) * jnp.sqrt(betas[t]) * temperature * z
+        return jnp.clip(x, -clip, clip), None
+
+    k_init, k_steps = jax.random.split(key)
+    steps = jnp.arange(betas.shape[0])[::-1]
+    x, _ = jax.lax.scan(
+        step, jax.random.normal(k_init, shape), (steps, jax.random.split(k_steps, steps.shape[0]))
+    )
+    return x

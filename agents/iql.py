@@ -140,6 +140,32 @@ class IQLState(NamedTuple):
     key: jax.Array
 
 
+def _prepare(config: IQLConfig, transitions: Transition, env: Any, env_params: Any):
+    transitions = offline.check_dataset(transitions, env, env_params)
+    scale = offline.locomotion_reward_scale(transitions) if config.normalize_reward else 1.0
+    return offline.prepare(
+        transitions, env, env_params, normalize_obs=config.normalize_obs, reward_scale=scale
+    )
+
+
+def advantage_weights(
+    config: IQLConfig,
+    state: IQLState,
+    transitions: Transition,
+    env: Any,
+    env_params: Any,
+    temperature: float | None = None,
+) -> jax.Array:
+    """[N]: ``clip(exp(temperature * (Q - V)), 0, max_weight)`` of each of ``transitions``
+    under a trained IQL run's target twin-Q (min) and value, as IQL's actor weighs them
+    (``temperature`` defaults to the config's); the weights of an advantage-weighted skill."""
+    data = _prepare(config, transitions, env, env_params).transitions
+    q = CriticEnsemble(2, config.hidden, "relu").apply(state.target_critic, data.obs, data.action)
+    v = Value(config.hidden).apply(state.value.params, data.obs)
+    beta = config.temperature if temperature is None else temperature
+    return jnp.minimum(jnp.exp(beta * (q.min(0) - v)), config.max_weight)
+
+
 def make_iql(
     config: IQLConfig,
     transitions: Transition,
@@ -153,11 +179,7 @@ def make_iql(
     """
     config.validate()
     offline.check_ref_scores(ref_scores)
-    transitions = offline.check_dataset(transitions, env, env_params)
-    scale = offline.locomotion_reward_scale(transitions) if config.normalize_reward else 1.0
-    data = offline.prepare(
-        transitions, env, env_params, normalize_obs=config.normalize_obs, reward_scale=scale
-    )
+    data = _prepare(config, transitions, env, env_params)
     dataset = data.transitions
     obs_dim, act_dim = dataset.obs.shape[1], dataset.action.shape[1]
     policy = iql_policy(data.policy_units(), hidden=config.hidden)
@@ -239,15 +261,5 @@ def make_iql(
         return state, metrics
 
     return offline.make_agent(
-        policy,
-        init,
-        learn,
-        lambda state: state.actor.params,
-        learns_per_update=config.eval_every,
-        steps_per_update=config.eval_every,
-        num_updates=config.num_updates,
-        env=env,
-        env_params=env_params,
-        eval_episodes=config.eval_episodes,
-        ref_scores=ref_scores,
+        config, policy, init, learn, lambda state: state.actor.params, env, env_params, ref_scores
     )

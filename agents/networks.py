@@ -16,6 +16,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "leaky_relu": nn.leaky_relu,
     "gelu": nn.gelu,
     "silu": nn.silu,
+    "mish": lambda x: x * jnp.tanh(nn.softplus(x)),
 }
 
 
@@ -183,22 +184,35 @@ def torch_dense(features: int) -> nn.Dense:
 
 
 class ResidualMLP(nn.Module):
-    """Linear -> ``num_blocks`` x (x + Linear(act(LN?(x)))) -> LN? -> act -> Linear(out_dim)."""
+    """Linear -> ``num_blocks`` residual blocks -> LN? -> act -> Linear(out_dim).
+
+    A block is ``x + Linear(act(LN?(x)))`` (SynthER's denoiser), or with ``expand`` > 0
+    ``x + Linear(act(Linear_{expand * width}(LN?(dropout(x)))))`` (IDQL's noise network).
+    """
 
     width: int
     num_blocks: int
     out_dim: int
     activation: str = "relu"
     layer_norm: bool = False
+    expand: int = 0
+    dropout: float = 0.0
+    final_norm: bool = True  # the layer norm (if any) before the output layer
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:  # [..., D] -> [..., out_dim]
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        # [..., D] -> [..., out_dim]; ``train`` turns dropout on (rng "dropout")
         act = activation_fn(self.activation)
         norm = nn.LayerNorm if self.layer_norm else lambda: lambda h: h
         x = torch_dense(self.width)(x)
         for _ in range(self.num_blocks):
-            x = x + torch_dense(self.width)(act(norm()(x)))
-        return torch_dense(self.out_dim)(act(norm()(x)))
+            if self.expand:
+                h = nn.Dropout(self.dropout, deterministic=not train)(x)
+                h = act(torch_dense(self.expand * self.width)(norm()(h)))
+                x = x + torch_dense(self.width)(h)
+            else:
+                x = x + torch_dense(self.width)(act(norm()(x)))
+        return torch_dense(self.out_dim)(act(norm()(x) if self.final_norm else x))
 
 
 class Critic(nn.Module):

@@ -3,7 +3,7 @@
     data = prepare(transitions, env, env_params, normalize_obs=True, reward_scale=1.0)
     batch = sample(data.transitions, key, 256)                   # Transition [256]
     units = data.policy_units()              # obs_mean, obs_std, action_low, action_high (lists)
-    agent = make_agent(policy, init, learn, lambda s: s.actor.params, learns_per_update, ...)
+    agent = make_agent(config, policy, init, learn, lambda s: s.actor.params, env, env_params)
 
 ``prepare`` checks the dataset against the env (shapes, NaN/inf, action bounds) before anything
 compiles, normalises observations (``envs.wrappers.Normalizer`` fitted to the dataset, as TD3+BC
@@ -189,7 +189,17 @@ def prepare(
     normalize_obs: bool = True,
     reward_scale: float = 1.0,
 ) -> OfflineData:
-    """Flat ``[N]`` transitions (``load_dataset``'s) -> checked ``OfflineData`` on device."""
+    """Flat ``[N]`` transitions (``load_dataset``'s) -> checked ``OfflineData`` on device.
+
+    Runs eagerly even inside ``jax.jit``/``vmap`` (a learner built inside a traced function,
+    e.g. per seed on a traced base, still gets a checked, concrete dataset)."""
+    with jax.ensure_compile_time_eval():
+        return _prepare(transitions, env, env_params, normalize_obs, reward_scale)
+
+
+def _prepare(
+    transitions: Transition, env: Any, env_params: Any, normalize_obs: bool, reward_scale: float
+) -> OfflineData:
     data = check_dataset(transitions, env, env_params)
     low, high = action_bounds(env, env_params)
     if normalize_obs:
@@ -220,24 +230,26 @@ def ensemble_member(params: Any, i: int) -> Any:
 
 
 def make_agent(
+    config: Any,
     policy: Policy,
     init: Callable[[jax.Array], Any],
     learn: Callable[[Any], tuple[Any, dict]],
     policy_params: Callable[[Any], Any],
-    learns_per_update: int,
-    steps_per_update: int,
-    num_updates: int,
     env: Any,
     env_params: Any,
-    eval_episodes: int,
     ref_scores: tuple[float, float] | None = None,
+    learns_per_update: int | None = None,
 ) -> Agent:
     """The ``Agent`` of an offline learner whose state is a NamedTuple with a ``key``.
 
-    ``update`` is ``learns_per_update`` scanned ``learn``s (their metrics averaged), then, when
-    ``eval_episodes > 0``, one greedy evaluation of ``policy`` in ``env``: ``return`` (mean
-    undiscounted return) and, given ``(random, expert)`` ``ref_scores``, ``normalized_score``.
+    ``config`` gives ``eval_every`` (gradient steps per ``update``), ``num_updates`` and
+    ``eval_episodes``. ``update`` is ``learns_per_update`` (default ``eval_every``) scanned
+    ``learn``s (their metrics averaged), then, when ``eval_episodes > 0``, one greedy
+    evaluation of ``policy`` in ``env``: ``return`` (mean undiscounted return) and, given
+    ``(random, expert)`` ``ref_scores``, ``normalized_score``.
     """
+    eval_episodes = config.eval_episodes
+    learns_per_update = config.eval_every if learns_per_update is None else learns_per_update
 
     def update(state: Any) -> tuple[Any, dict]:
         state, stats = jax.lax.scan(lambda s, _: learn(s), state, None, learns_per_update)
@@ -258,7 +270,7 @@ def make_agent(
         learn,
         update,
         policy_params,
-        num_updates=num_updates,
-        steps_per_update=steps_per_update,
+        num_updates=config.num_updates,
+        steps_per_update=config.eval_every,
         step_unit="gradient steps",
     )

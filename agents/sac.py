@@ -247,7 +247,8 @@ def make_sac(
     env = EpisodeStats(env)
     obs_shape = tuple(env.observation_space(env_params).shape)
     require(len(obs_shape) == 1, f"SAC expects flat observations, got shape {obs_shape}")
-    low, high = _action_bounds(env.action_space(env_params))
+    with jax.ensure_compile_time_eval():  # concrete bounds even when built inside a trace
+        low, high = _action_bounds(env.action_space(env_params))
     policy = sac_policy(low, high, config.hidden, config.activation)
     actor = SquashedGaussianActor(low.shape[0], config.hidden, config.activation)
     critic = CriticEnsemble(config.num_critics, config.hidden, config.activation)

@@ -206,15 +206,13 @@ def make_td3_bc(
         return state, metrics
 
     return offline.make_agent(
+        config,
         policy,
         init,
         learn,
         lambda state: state.actor.params,
-        learns_per_update=config.eval_every // config.policy_freq,
-        steps_per_update=config.eval_every,
-        num_updates=config.num_updates,
-        env=env,
-        env_params=env_params,
-        eval_episodes=config.eval_episodes,
-        ref_scores=ref_scores,
+        env,
+        env_params,
+        ref_scores,
+        config.eval_every // config.policy_freq,
     )

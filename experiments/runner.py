@@ -160,6 +160,10 @@ def run_loop(
     return state, folder.read_metrics(index=index)
 
 
+def _nan_for_none(x: Any) -> Any:
+    return [_nan_for_none(v) for v in x] if isinstance(x, list) else np.nan if x is None else x
+
+
 def run_chunked(
     agent: Agent,
     key: jax.Array,
@@ -170,7 +174,7 @@ def run_chunked(
 ) -> tuple[Any, dict[str, np.ndarray], dict[str, float]]:
     """Train ``num_seeds`` seeds of ``agent`` (vmapped ``update``s) for ``agent.num_updates``.
 
-    Returns (final batched state, metrics {name: [num_seeds, num_updates]}, timing figures).
+    Returns (final batched state, metrics {name: [num_seeds, num_updates, ...]}, timing).
     The metrics lines count ``agent.step_unit`` (``env_steps`` or ``gradient_steps``) per seed.
     """
     if num_seeds < 1 or updates_per_chunk < 1:
@@ -194,7 +198,7 @@ def run_chunked(
         tr = time.perf_counter()
         state, metrics = jax.block_until_ready(compiled[n](state))
         timing["run_s"] += time.perf_counter() - tr
-        metrics = {k: np.asarray(v).T for k, v in metrics.items()}  # [S, n] -> [n, S]
+        metrics = {k: np.moveaxis(np.asarray(v), 0, 1) for k, v in metrics.items()}  # [n, S, ...]
         steps = (start + 1 + np.arange(n)) * per_update
         return state, {agent.step_unit.replace(" ", "_"): steps, **metrics}
 
@@ -224,7 +228,8 @@ def run_chunked(
     bar.close()
     names = [k for k in lines[0] if k not in ("update", "env_steps", "gradient_steps")]
     metrics = {
-        k: np.array([[np.nan if v is None else v for v in m[k]] for m in lines]).T for k in names
+        k: np.moveaxis(np.array([_nan_for_none(m[k]) for m in lines], np.float64), 0, 1)
+        for k in names
     }
     timing |= {  # steps_per_s: over all seeds, this call's chunks only (NaN if none ran)
         "wall_s": time.perf_counter() - t0,

@@ -51,3 +51,9 @@ def dataset_root(tmp_path_factory):
             root=root,
         )
     return root
+
+
+def pytest_collection_modifyitems(items):
+    """The studies' end-to-end runs (the longest tests) first, so the two xdist workers are
+    not left with one long test each at the end."""
+    items.sort(key=lambda item: "test_studies.py" not in item.nodeid)

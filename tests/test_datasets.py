@@ -31,12 +31,12 @@ ENV_NAME = "gymnax:Pendulum-v1"
 ID = "skill-agents/pendulum-random-v0"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one worker runs the group: built once
 def pendulum():
     return envs.make(ENV_NAME)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one worker runs the group: built once
 def rollouts(pendulum):
     """[450, 3] random-action transitions: 2 full 200-step episodes + 50 unfinished per env."""
     env, params = pendulum

@@ -43,12 +43,12 @@ def flat(tr: Transition) -> Transition:  # [T, E] -> [E * T], episodes contiguou
     return jax.tree.map(lambda x: np.asarray(x).swapaxes(0, 1).reshape((-1,) + x.shape[2:]), tr)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one worker runs the group: built once
 def pendulum():
     return envs.make("gymnax:Pendulum-v1")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one worker runs the group: built once
 def mixed(pendulum):
     """8k noisy-expert + 8k uniformly random Pendulum transitions (40 + 40 episodes)."""
     env, params = pendulum
@@ -64,7 +64,7 @@ def mixed(pendulum):
     return jax.tree.map(lambda a, b: np.concatenate([a, b]), expert, rand)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one worker runs the group: built once
 def tiny() -> Transition:
     """400 made-up Pendulum-shaped transitions (4 episodes of 100 steps), no env rollouts."""
     rng = np.random.default_rng(0)

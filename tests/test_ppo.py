@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import envs
-from agents.core import export_policy, load_policy
+from agents.core import batched, export_policy, load_policy
 from agents.evaluation import evaluate
 from agents.hparams import stack_configs
 from agents.ppo import PPOConfig, make_ppo
@@ -41,13 +41,13 @@ def test_same_seed_same_result_and_different_seed_differs():
     assert any(not np.array_equal(x, z) for x, z in zip(leaves(a), leaves(c)))
 
 
-def test_vmapped_seeds_and_hyperparameter_sweep_match_single_runs():
+def test_hyperparameter_sweep_in_one_program_matches_single_runs():
     env, params = CARTPOLE
     keys = jax.random.split(jax.random.key(0), 2)
     configs = [TINY, TINY.replace(lr=1e-3, ent_coef=0.0)]
-    swept, _ = jax.jit(jax.vmap(lambda c, k: make_ppo(c, env, params).train(k)))(
-        stack_configs(configs), keys
-    )
+    sweep = batched(lambda c: make_ppo(c, env, params), stack_configs(configs))  # one Agent
+    swept, metrics = jax.jit(sweep.train)(jax.random.key(0))  # keys: split(key, 2)
+    assert metrics["value_loss"].shape == (2, sweep.num_updates)
     for i, cfg in enumerate(configs):
         single, _ = jax.jit(make_ppo(cfg, env, params).train)(keys[i])
         for x, y in zip(

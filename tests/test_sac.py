@@ -42,7 +42,7 @@ class Tiny(NamedTuple):
     metrics: dict
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one worker runs the group: built once
 def tiny() -> Tiny:
     """The tiny Pendulum SAC from KEYS[0], and its jitted pieces (compiled once per module)."""
     sac = make_sac(TINY, *PENDULUM)
@@ -53,7 +53,7 @@ def tiny() -> Tiny:
     return Tiny(sac, learn, init, state, metrics)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one worker runs the group: built once
 def chunked(tmp_path_factory) -> tuple[Path, Any, dict]:
     """Two vmapped seeds trained by run_chunked, one update per chunk: (folder, state, metrics)."""
     path = tmp_path_factory.mktemp("sac") / "full"

@@ -235,7 +235,7 @@ GAP = 0.75
 UNION_GAP = 1.5  # with events covering the predictable switches, a higher gap pays
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one worker runs the group: built once
 def gridworld():
     """Demonstrations with the skill hidden and revealed (the same rollouts), and a model for
     each, trained on the 768 trajectories (of one 64-step episode) it will segment."""

@@ -247,3 +247,37 @@ def test_sbd_mujoco(tmp_path):
     argv += ["--fixed-lengths", "5", "10", "--random-rates", "0.1"]
     run_study("sbd_mujoco", tmp_path / "study", *argv)
     assert (tmp_path / "policies" / "forward" / "policy" / "policy.json").exists()
+
+
+def test_psec(tmp_path):
+    """Trains the forward and backward experts' tiny SACs in one program (the training path);
+    the other experts are tiny untrained SAC actors exported beforehand (the loading path)."""
+    import jax
+    import jax.numpy as jnp
+
+    import envs
+    from agents.core import export_policy
+    from agents.sac import SquashedGaussianActor, sac_policy
+
+    env, params = envs.make("HalfCheetah", backend="native")
+    space, obs_dim = env.action_space(params), env.observation_space(params).shape[0]
+    for i, name in enumerate(("jump", "target")):
+        weights = SquashedGaussianActor(6, (8, 8)).init(jax.random.key(i), jnp.zeros(obs_dim))
+        policy = sac_policy(space.low, space.high, (8, 8))
+        export_policy(tmp_path / "experts" / name / "policy", policy, weights, {"env_steps": 0})
+    tiny = {"width": 16, "num-blocks": 1, "time-dim": 4, "batch-size": 16, "eval-episodes": 1}
+    tiny |= {"total-steps": 4, "eval-every": 4}
+    flags = lambda prefix, d: [x for k, v in d.items() for x in (f"--{prefix}{k}", str(v))]
+    argv = ["--experts", str(tmp_path / "experts"), "--seeds", "2", "--episode-steps", "30"]
+    argv += ["--sac.num-steps", "30", "--sac.total-steps", "120", "--sac.learning-starts", "60"]
+    argv += ["--sac.batch-size", "16", "--sac.buffer-size", "120", "--sac.hidden", "8", "8"]
+    argv += ["--base-episodes", "2", "--skill-episodes", "2", "--ranks", "2"]
+    argv += flags("base.", tiny) + flags("skill.", tiny | {"rank": 2})
+    argv += flags(
+        "compose.", {"total-steps": 2, "eval-every": 2, "eval-episodes": 1, "batch-size": 16}
+    )
+    results = run_study("psec", tmp_path / "study", *argv)
+    assert {"PSEC", "NSEC", "ASEC", "scratch", "full fine-tuning"} <= set(results["target"])
+    for name in ("forward", "backward"):
+        assert (tmp_path / "experts" / name / "policy" / "policy.json").exists()
+    assert (tmp_path / "study" / "target_returns.png").exists()
