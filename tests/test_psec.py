@@ -17,8 +17,6 @@ from agents.replay import Transition
 from skills.compose import ComposeConfig, make_composition
 from skills.library import SkillLibrary, train_skill
 
-pytestmark = pytest.mark.xdist_group("psec")  # one worker builds the module fixtures
-
 PENDULUM = envs.make("gymnax:Pendulum-v1")  # obs [cos, sin, theta dot], torque in [-2, 2]
 TINY = DiffusionPolicyConfig(
     total_steps=300, eval_every=300, eval_episodes=0, batch_size=128, width=32, num_blocks=1,
@@ -38,7 +36,7 @@ def act(policy, params, obs, key):
     return policy.act(params, policy.initial_carry(obs.shape[0]), obs, key)[1]
 
 
-@pytest.fixture(scope="session")  # built once on the worker that runs the "psec" group
+@pytest.fixture(scope="session")  # built at most once per xdist worker
 def library() -> SkillLibrary:
     """A base cloned from torques near 0 and two skills: +1.5 and -1.5 everywhere."""
     env, params = PENDULUM
@@ -183,6 +181,7 @@ def test_bad_input_is_named(library, tmp_path):
         library.policy(["sideways"])
 
 
+@pytest.mark.slow  # about a minute; beyond the default suite's budget
 def test_iql_advantage_weights_and_critic_picked_actions_prefer_high_reward():
     """Random torques rewarded by -(a - 1)^2 in one-step episodes: IQL's advantage weights rise
     with the reward, and a diffusion BC policy that picks the best of 16 candidates by the IQL
