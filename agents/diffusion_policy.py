@@ -16,6 +16,11 @@ regression with AdamW, a cosine learning rate and an EMA of the weights (the pol
 ``rank > 0`` the network is frozen at ``base`` and one LoRA adapter (``agents.lora``) trains;
 ``rank = 0`` with ``base`` is full fine-tuning.
 
+``model="gaussian"`` swaps the diffusion model for a Gaussian policy on the same residual
+network (``GaussianNet``: mean and log-std, trained by weighted negative log-likelihood, acting
+with the mean when ``deterministic``): PSEC's "MLP instead of diffusion" ablation. Everything
+else (LoRA skills, every composition) works on either model.
+
 ``diffusion_policy`` acts in the env's units and composes K LoRA skills on one base (``mix``):
 ``"param"`` (fixed weights in parameter space), ``"context"`` (weights alpha(s) from a small
 network, PSEC's context-aware composition), ``"noise"`` (a weighted sum of the skills' noise
@@ -27,6 +32,7 @@ as IDQL does. Sampling is the policy: it acts the same with ``deterministic`` ei
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -40,7 +46,7 @@ from agents import lora, offline
 from agents.core import Agent, Policy, no_carry, policy_spec
 from agents.diffusion import NoiseNet, ddpm_loss, ddpm_sample, vp_betas
 from agents.hparams import require, require_fields, static, sweepable
-from agents.networks import MLP, CriticEnsemble
+from agents.networks import MLP, CriticEnsemble, ResidualMLP
 from agents.replay import Transition
 from envs.wrappers import Normalizer
 
@@ -49,12 +55,17 @@ __all__ = [
     "ContextAlpha",
     "DiffusionBCState",
     "DiffusionPolicyConfig",
+    "GaussianNet",
+    "Model",
     "diffusion_policy",
     "make_diffusion_bc",
+    "make_model",
+    "net_fn",
     "prepare_in_units",
 ]
 
 MIXES = ("param", "context", "noise", "action")
+MODELS = ("diffusion", "gaussian")
 
 
 @struct.dataclass
@@ -71,6 +82,7 @@ class DiffusionPolicyConfig:
     time_dim: int = static(64)  # learnable Fourier features of the step
     dropout: float = static(0.1)
     rank: int = static(0)  # 0: train the network; > 0: a LoRA adapter of this rank on `base`
+    model: str = static("diffusion")  # or "gaussian": the same network as a Gaussian policy
     normalize_obs: bool = static(True)
     lora_scale: float = sweepable(16.0)  # the adapter's scale s (raw, not alpha / rank)
     lr: float = sweepable(3e-4)
@@ -93,6 +105,10 @@ class DiffusionPolicyConfig:
             require(getattr(self, name) >= 1, f"DiffusionPolicyConfig.{name} must be >= 1")
         require(self.eval_episodes >= 0, "DiffusionPolicyConfig.eval_episodes must be >= 0")
         require(self.rank >= 0, f"DiffusionPolicyConfig.rank={self.rank} must be >= 0")
+        require(
+            self.model in MODELS,
+            f"DiffusionPolicyConfig.model={self.model!r} must be one of {MODELS}",
+        )
         require(
             self.total_steps % self.eval_every == 0,
             f"DiffusionPolicyConfig.total_steps={self.total_steps} must be a multiple of "
@@ -127,22 +143,79 @@ class ContextAlpha(nn.Module):
         return out(MLP(self.hidden, "relu")(obs))
 
 
-def eps_fn(
-    net: NoiseNet,
+class GaussianNet(NoiseNet):
+    """A Gaussian policy on the noise network's residual MLP: obs [B, C] -> (mean [B, out_dim],
+    log-std [B, out_dim] in [-5, 2]). NoiseNet's settings; ``time_dim`` is unused."""
+
+    @nn.compact
+    def __call__(  # type: ignore[override]
+        self, cond: jax.Array, train: bool = False
+    ) -> tuple[jax.Array, jax.Array]:
+        net = ResidualMLP(
+            self.width, self.num_blocks, 2 * self.out_dim, "mish", True, 4, self.dropout, False
+        )
+        mean, log_std = jnp.split(net(cond, train), 2, axis=-1)
+        return mean, jnp.clip(log_std, -5.0, 2.0)
+
+
+class Model(NamedTuple):
+    """One policy model (diffusion or Gaussian) as the learners and policies use it.
+
+    ``apply`` below is the (possibly LoRA-composed) network with its observation bound:
+    ``apply(x_t, t) -> eps`` (diffusion) or ``apply() -> (mean, log_std)`` (Gaussian)."""
+
+    net: nn.Module
+    init: Callable[[jax.Array, jax.Array], Any]  # (key, obs [1, C]) -> params
+    loss: Callable[..., jax.Array]  # (apply, action [B, A], key, weights [B] | None) -> []
+    sample: Callable[..., jax.Array]  # (apply, key, (B, A), deterministic) -> [B, A] in [-1, 1]
+
+
+def make_model(kind: str, act_dim: int, net: dict[str, Any], num_steps: int) -> Model:
+    """The ``kind`` ("diffusion": IDQL's DDPM of ``num_steps``; "gaussian") model over actions
+    [act_dim], its network of settings ``net`` (``DiffusionPolicyConfig.net``)."""
+    require(kind in MODELS, f"model={kind!r} must be one of {MODELS}")
+    if kind == "diffusion":
+        betas = vp_betas(num_steps)
+        noise_net = NoiseNet(act_dim, **net)
+        t0 = jnp.zeros((1,), jnp.int32)
+        return Model(
+            noise_net,
+            lambda key, obs: noise_net.init(key, jnp.zeros((1, act_dim)), t0, obs),
+            lambda apply, action, key, w=None: ddpm_loss(apply, action, key, betas, w),
+            lambda apply, key, shape, deterministic=False: ddpm_sample(apply, key, shape, betas),
+        )
+
+    gaussian = GaussianNet(act_dim, **net)
+
+    def loss(apply, action, key, weights=None):
+        mean, log_std = apply()
+        nll = jnp.mean(0.5 * jnp.square((action - mean) * jnp.exp(-log_std)) + log_std, -1)
+        return jnp.mean(nll if weights is None else weights * nll)
+
+    def sample(apply, key, shape, deterministic=False):
+        mean, log_std = apply()
+        noise = jax.random.normal(key, shape) * (not deterministic)
+        return jnp.clip(mean + jnp.exp(log_std) * noise, -1.0, 1.0)
+
+    return Model(gaussian, gaussian.init, loss, sample)
+
+
+def net_fn(
+    net: nn.Module,
     params: dict[str, Any],
     obs: jax.Array,
     mix: str,
     scale: float,
     skill: int | None = None,
     train_key: jax.Array | None = None,
-):
-    """``(x_t [B, A], t [B]) -> eps [B, A]`` of the network in ``params`` conditioned on ``obs``
-    [B, obs_dim]: the base alone without ``params["adapters"]``, else the adapters mixed by
-    ``mix`` (``skill``: that adapter alone). ``train_key`` turns dropout on."""
+) -> Callable[..., Any]:
+    """The model's ``apply(*inputs)`` (see ``Model``) of the network in ``params`` conditioned
+    on ``obs`` [B, obs_dim]: the base alone without ``params["adapters"]``, else the adapters
+    mixed by ``mix`` (``skill``: that adapter alone). ``train_key`` turns dropout on."""
     rngs = {} if train_key is None else {"rngs": {"dropout": train_key}}
     train = train_key is not None
     if "adapters" not in params:
-        return lambda x, t: net.apply(params["net"], x, t, obs, train, **rngs)
+        return lambda *inputs: net.apply(params["net"], *inputs, obs, train, **rngs)
     adapters, num_skills = params["adapters"], lora.num_adapters(params["adapters"])
     if skill is not None:
         weights = jax.nn.one_hot(skill, num_skills)
@@ -150,15 +223,36 @@ def eps_fn(
         weights = ContextAlpha(num_skills).apply(params["alpha"], obs)  # [B, K]
     else:
         weights = params["weights"]  # [K]
-    if mix == "noise" and skill is None:
-        one = lambda k, x, t: eps_fn(net, params, obs, mix, scale, k, train_key)(x, t)
-        per_skill = lambda x, t: jax.vmap(one, in_axes=(0, None, None))(
-            jnp.arange(num_skills), x, t
-        )  # [K, B, A]
-        return lambda x, t: jnp.einsum("k,kba->ba", weights, per_skill(x, t))
-    return lambda x, t: lora.apply_lora(
-        net.apply, params["net"], adapters, weights, scale, x, t, obs, train, **rngs
+    if mix == "noise" and skill is None:  # mix the skills' outputs (noise, or mean and log-std)
+        one = lambda k, inputs: net_fn(net, params, obs, mix, scale, k, train_key)(*inputs)
+        return lambda *inputs: jax.tree.map(
+            lambda y: jnp.einsum("k,k...->...", weights, y),
+            jax.vmap(one, in_axes=(0, None))(jnp.arange(num_skills), inputs),
+        )
+    return lambda *inputs: lora.apply_lora(
+        net.apply, params["net"], adapters, weights, scale, *inputs, obs, train, **rngs
     )
+
+
+def sample_actions(
+    model: Model,
+    params: dict[str, Any],
+    obs: jax.Array,
+    key: jax.Array,
+    mix: str,
+    scale: float,
+    deterministic: bool = False,
+) -> jax.Array:
+    """Actions [B, A] in [-1, 1] of ``model`` in ``params`` (skills mixed by ``mix``) at
+    normalised ``obs`` [B, obs_dim]; action-space mixing samples every skill from one noise."""
+    shape = (obs.shape[0], model.net.out_dim)
+    if mix != "action" or "adapters" not in params:
+        return model.sample(net_fn(model.net, params, obs, mix, scale), key, shape, deterministic)
+    one = lambda k: model.sample(
+        net_fn(model.net, params, obs, mix, scale, k), key, shape, deterministic
+    )
+    actions = jax.vmap(one)(jnp.arange(lora.num_adapters(params["adapters"])))  # [K, B, A]
+    return jnp.clip(jnp.einsum("k,kba->ba", params["weights"], actions), -1.0, 1.0)
 
 
 def diffusion_policy(
@@ -169,10 +263,12 @@ def diffusion_policy(
     critic_hidden: tuple[int, ...] = (),
     mix: str = "param",
     scale: float = 16.0,
+    model: str = "diffusion",
 ) -> Policy:
-    """A diffusion policy in the env's units (``units``: ``OfflineData.policy_units()``).
+    """A diffusion (or ``model="gaussian"``) policy in the env's units (``units``:
+    ``OfflineData.policy_units()``).
 
-    ``params``: ``{"net": noise network}``, plus ``"critic"`` (an IQL ``CriticEnsemble`` of
+    ``params``: ``{"net": the network}``, plus ``"critic"`` (an IQL ``CriticEnsemble`` of
     ``critic_hidden``) when ``num_candidates > 1``, plus for skills ``"adapters"`` (stacked [K])
     and ``"weights"`` [K] (``mix`` "param", "noise", "action") or ``"alpha"`` (``"context"``).
     """
@@ -184,8 +280,7 @@ def diffusion_policy(
     )
     normalize, to_env = offline.env_units(**units)
     act_dim = len(units["action_low"])
-    model = NoiseNet(act_dim, **net)
-    betas = vp_betas(num_steps)
+    the_model = make_model(model, act_dim, net, num_steps)
     spec = policy_spec(
         diffusion_policy,
         units=units,
@@ -195,25 +290,16 @@ def diffusion_policy(
         critic_hidden=tuple(critic_hidden),
         mix=mix,
         scale=scale,
+        model=model,
     )
-
-    def sample(params, obs, key):  # normalised obs [B, obs_dim] -> actions [B, A] in [-1, 1]
-        shape = (obs.shape[0], act_dim)
-        if mix != "action" or "adapters" not in params:
-            return ddpm_sample(eps_fn(model, params, obs, mix, scale), key, shape, betas)
-        num_skills = lora.num_adapters(params["adapters"])
-        one = lambda k, key: ddpm_sample(
-            eps_fn(model, params, obs, mix, scale, k), key, shape, betas
-        )
-        actions = jax.vmap(one, in_axes=(0, None))(jnp.arange(num_skills), key)  # common noise
-        return jnp.clip(jnp.einsum("k,kba->ba", params["weights"], actions), -1.0, 1.0)
 
     def act(params, carry, env_obs, key, deterministic=False):
         obs = normalize(env_obs)
+        sample = lambda obs: sample_actions(the_model, params, obs, key, mix, scale, deterministic)
         if num_candidates == 1:
-            return carry, to_env(sample(params, obs, key))
+            return carry, to_env(sample(obs))
         many = jnp.repeat(obs, num_candidates, axis=0)  # [B * N, obs_dim]
-        actions = sample(params, many, key).reshape(obs.shape[0], num_candidates, act_dim)
+        actions = sample(many).reshape(obs.shape[0], num_candidates, act_dim)
         q = CriticEnsemble(2, tuple(critic_hidden), "relu").apply(
             params["critic"], many, actions.reshape(-1, act_dim)
         )
@@ -296,11 +382,16 @@ def make_diffusion_bc(
         weights.shape == (num,),
         f"weights have shape {weights.shape}; give one per transition ({num})",
     )
-    net = NoiseNet(act_dim, **config.net)
-    betas = vp_betas(config.num_steps)
+    model = make_model(config.model, act_dim, config.net, config.num_steps)
     lora_mode = config.rank > 0
     policy = diffusion_policy(
-        data.policy_units(), config.net, config.num_steps, num_candidates, critic_hidden
+        data.policy_units(),
+        config.net,
+        config.num_steps,
+        num_candidates,
+        critic_hidden,
+        scale=config.lora_scale,
+        model=config.model,
     )
     lr = optax.cosine_decay_schedule(config.lr, config.total_steps)
     tx = optax.adamw(lr, weight_decay=config.weight_decay)
@@ -308,8 +399,7 @@ def make_diffusion_bc(
     def init(key: jax.Array) -> DiffusionBCState:
         key, k_init = jax.random.split(key)
         if base is None:
-            x, obs = jnp.zeros((1, act_dim)), dataset.obs[:1]
-            params = net.init(k_init, x, jnp.zeros((1,), jnp.int32), obs)
+            params = model.init(k_init, dataset.obs[:1])
         elif lora_mode:
             params = lora.init_adapter(k_init, base, config.rank)
         else:
@@ -332,9 +422,8 @@ def make_diffusion_bc(
         obs, action, w = dataset.obs[idx], dataset.action[idx], weights[idx]
 
         def loss(trained):
-            scale = config.lora_scale
-            eps = eps_fn(net, full(trained), obs, "param", scale, train_key=k_drop)
-            return ddpm_loss(eps, action, k_loss, betas, w)
+            apply = net_fn(model.net, full(trained), obs, "param", config.lora_scale, None, k_drop)
+            return model.loss(apply, action, k_loss, w)
 
         value, grads = jax.value_and_grad(loss)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -349,14 +438,8 @@ def make_diffusion_bc(
 
 def num_trainable(config: DiffusionPolicyConfig, obs_dim: int, act_dim: int) -> tuple[int, int]:
     """(parameters a LoRA adapter of ``config.rank`` trains, parameters of the whole network)."""
-    net = NoiseNet(act_dim, **config.net)
-    shapes = jax.eval_shape(
-        net.init,
-        jax.random.key(0),
-        jnp.zeros((1, act_dim)),
-        jnp.zeros((1,)),
-        jnp.zeros((1, obs_dim)),
-    )
+    model = make_model(config.model, act_dim, config.net, config.num_steps)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, obs_dim)))
     kernels = lora.dense_kernels(shapes)
     adapter = sum(config.rank * (k.shape[0] + k.shape[1]) for k in kernels.values())
     return adapter, int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))

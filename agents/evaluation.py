@@ -24,7 +24,8 @@ def evaluate(
 
     Returns ``return`` and ``length`` [num_episodes] of each env's first episode, and
     ``finished`` [num_episodes] (False where the episode was still running after ``num_steps``
-    (default: the env's ``max_steps_in_episode``); its partial return is kept).
+    (default: the env's ``max_steps_in_episode``); its partial return is kept); and ``cost``
+    [num_episodes], the sum of ``info["cost"]`` where the env reports one (safe RL).
     """
     num_steps = int(env_params.max_steps_in_episode) if num_steps is None else num_steps
     key, k_reset = jax.random.split(key)
@@ -33,16 +34,17 @@ def evaluate(
     )
 
     def step(carry, key):
-        memory, obs, state, running, ret, length = carry
+        memory, obs, state, running, ret, cost, length = carry
         k_act, k_env = jax.random.split(key)
         memory, action = policy.act(params, memory, obs, k_act, deterministic)
-        obs, state, reward, term, trunc, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+        obs, state, reward, term, trunc, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
             jax.random.split(k_env, num_episodes), state, action, env_params
         )
         ret = ret + reward * running
+        cost = cost + info.get("cost", jnp.zeros_like(reward)) * running
         length = length + running
         running = running & ~(term | trunc)
-        return (memory, obs, state, running, ret, length), None
+        return (memory, obs, state, running, ret, cost, length), None
 
     init = (
         policy.initial_carry(num_episodes),
@@ -50,7 +52,10 @@ def evaluate(
         state,
         jnp.ones((num_episodes,), bool),
         jnp.zeros(num_episodes),
+        jnp.zeros(num_episodes),
         jnp.zeros(num_episodes, jnp.int32),
     )
-    (_, _, _, running, ret, length), _ = jax.lax.scan(step, init, jax.random.split(key, num_steps))
-    return {"return": ret, "length": length, "finished": ~running}
+    (_, _, _, running, ret, cost, length), _ = jax.lax.scan(
+        step, init, jax.random.split(key, num_steps)
+    )
+    return {"return": ret, "cost": cost, "length": length, "finished": ~running}

@@ -159,7 +159,8 @@ def advantage_weights(
     """[N]: ``clip(exp(temperature * (Q - V)), 0, max_weight)`` of each of ``transitions``
     under a trained IQL run's target twin-Q (min) and value, as IQL's actor weighs them
     (``temperature`` defaults to the config's); the weights of an advantage-weighted skill."""
-    data = _prepare(config, transitions, env, env_params).transitions
+    with jax.ensure_compile_time_eval():  # the data's checks and statistics, even under a trace
+        data = _prepare(config, transitions, env, env_params).transitions
     q = CriticEnsemble(2, config.hidden, "relu").apply(state.target_critic, data.obs, data.action)
     v = Value(config.hidden).apply(state.value.params, data.obs)
     beta = config.temperature if temperature is None else temperature

@@ -1,55 +1,68 @@
-"""PSEC under continual policy shift on HalfCheetah: a diffusion base, LoRA skills, composition.
+"""PSEC under continual policy shift or dynamics shift on HalfCheetah: a diffusion base, LoRA
+skills, composition.
 
-Behaviours are HalfCheetah task params (the same physics, other rewards). SAC experts (trained
-here once, or loaded from ``--experts``) act out the data: ``base_episodes`` episodes of running
-forward for the base policy; ``skill_episodes`` of running backward and of jumping for two LoRA
-skills; ``skill_episodes`` of the target, running backward while jumping, for the arms that
-learn it. Every arm is scored on the target's reward: training from scratch on the target
-episodes, full fine-tuning of the base on them, a LoRA skill on them (no composition), and the
-backward and jump skills composed on them by PSEC (context-aware alpha(s)), fixed weights in
-parameter space, noise space (NSEC) and action space (ASEC); and PSEC with skills of each rank
-in ``--ranks``. Each stage runs all seeds in one vmapped program; seeds share the data.
+Every behaviour is HalfCheetah with task params; SAC experts (trained here once in one vmapped
+program, or loaded from ``--experts``) act out the data. ``--shift policy`` (the default): the
+same physics, other rewards: ``base_episodes`` episodes of running forward for the base policy;
+``skill_episodes`` each of running backward and of jumping for two LoRA skills; and of the
+target, running backward while jumping. ``--shift dynamics``: forward running throughout; the
+base on the nominal dynamics, the skills on low friction (x0.4) and on heavy bodies (mass
+x1.5), the target on both at once, a shift no skill saw.
+
+Every arm is scored on the target: training from scratch on the target episodes, full
+fine-tuning of the base on them, a LoRA skill on them (no composition), each skill alone, and
+the skills composed on them by PSEC (context-aware alpha(s)), fixed weights in parameter space,
+noise space (NSEC) and action space (ASEC); MLP-PSEC (the same library and context-aware
+composition on a Gaussian policy of the same network instead of diffusion); and PSEC with
+skills of each rank in ``--ranks``. Each stage runs all seeds in one vmapped program; seeds
+share the data.
 
     python -m experiments.psec                      # CPU scale, see the README for the time
-    python -m experiments.psec --seeds 3 --ranks 8 --help
+    python -m experiments.psec --shift dynamics --ranks
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tyro
 
 import envs
-from agents.core import batched, export_policy, load_policy
 from agents.diffusion_policy import DiffusionPolicyConfig, make_diffusion_bc
-from agents.replay.datasets import collect
-from agents.sac import SACConfig, make_sac
+from agents.evaluation import evaluate
+from agents.sac import SACConfig
 from experiments.plots import plot_intervals
-from experiments.runner import RunFolder, fmt_ci, iqm_ci, run_chunked
-from experiments.study import Study, StudyArgs, config_dict, named_key
+from experiments.runner import fmt_ci, iqm_ci
+from experiments.study import Study, StudyArgs, demonstrations, sac_experts
 from skills.compose import ComposeConfig, make_composition
-from skills.library import SkillLibrary, skill_agent
+from skills.library import SkillLibrary, composing_policy, skill_agent
 
 ENV = "HalfCheetah"
-BEHAVIOURS: dict[str, dict[str, float]] = {
-    "forward": {"direction": 1.0},
-    "backward": {"direction": -1.0},
-    "jump": {"target_velocity": 0.0, "jump_weight": 10.0},  # -|v_x| + 10 * root height
-    "target": {"direction": -1.0, "jump_weight": 10.0},  # backward progress + 10 * height
+#: {shift: {behaviour: task params}}: the base's, the two skills', the target's, in this order.
+SHIFTS: dict[str, dict[str, dict[str, float]]] = {
+    "policy": {
+        "forward": {"direction": 1.0},
+        "backward": {"direction": -1.0},
+        "jump": {"target_velocity": 0.0, "jump_weight": 10.0},  # -|v_x| + 10 * root height
+        "backward jump": {"direction": -1.0, "jump_weight": 10.0},  # backward + 10 * height
+    },
+    "dynamics": {
+        "forward": {},
+        "low friction": {"friction_scale": 0.4},
+        "heavy": {"mass_scale": 1.5},
+        "low friction, heavy": {"friction_scale": 0.4, "mass_scale": 1.5},
+    },
 }
-SKILLS = ("backward", "jump")
 MIXES = {"PSEC": "context", "PSEC, fixed weights": "param", "NSEC": "noise", "ASEC": "action"}
 
 
 @dataclasses.dataclass
 class Args(StudyArgs):
     out: str = "results/psec"
+    shift: Literal["policy", "dynamics"] = "policy"
     experts: str = "results/psec/experts"  # SAC expert run folders, one per behaviour
     sac: SACConfig = dataclasses.field(
         default_factory=lambda: SACConfig(
@@ -57,7 +70,7 @@ class Args(StudyArgs):
         )
     )
     episode_steps: int = 1000
-    base_episodes: int = 20  # forward-running episodes for the base policy
+    base_episodes: int = 20  # episodes of the base's behaviour
     skill_episodes: int = 10  # episodes per new skill and of the target (the paper: 10)
     base: DiffusionPolicyConfig = dataclasses.field(
         default_factory=lambda: DiffusionPolicyConfig(
@@ -75,131 +88,132 @@ class Args(StudyArgs):
     ranks: tuple[int, ...] = (4, 8, 16, 32)  # PSEC's rank ablation (skills retrained per rank)
 
 
-def experts(args: Args) -> dict[str, tuple[Any, Any]]:
-    """{behaviour: (policy, params)} of the SAC experts: loaded, or trained (all missing ones in
-    one vmapped program over their task params) and exported."""
-    root = Path(args.experts)
-    missing = [n for n in BEHAVIOURS if not (root / n / "policy").exists()]
-    if missing:
-        env, default = envs.make(ENV, backend="native", max_steps_in_episode=args.episode_steps)
-        tasks = [default.replace(**BEHAVIOURS[n]) for n in missing]
-        stacked = jax.tree.map(lambda *x: jnp.stack([jnp.asarray(v) for v in x]), *tasks)
-        sac = batched(lambda task: make_sac(args.sac, env, task), stacked)
-        config = {"experiment": "psec/experts", "behaviours": missing, "seed": args.seed}
-        folder = RunFolder(root / "training", {**config, "sac": config_dict(args.sac)})
-        key = named_key(args.seed, "experts", *missing)
-        state, _, _ = run_chunked(sac, key, 1, folder, 5, args.progress)
-        params = sac.policy_params(jax.tree.map(lambda x: x[0], state))  # seed 0: [B, ...]
-        for i, name in enumerate(missing):
-            meta = {"env": ENV, "env_kwargs": BEHAVIOURS[name], "env_steps": args.sac.total_steps}
-            one = jax.tree.map(lambda x, i=i: x[i], params)
-            export_policy(root / name / "policy", sac.policy, one, meta)
-    return {n: load_policy(root / n / "policy")[:2] for n in BEHAVIOURS}
-
-
-def demonstrations(args: Args, study: Study, name: str, expert: Any, episodes: int) -> Any:
-    """``episodes`` episodes of ``expert`` (sampled actions) on ``name``: transitions [N]."""
-    policy, params = expert
-    env, env_params = envs.make(
-        ENV, backend="native", max_steps_in_episode=args.episode_steps, **BEHAVIOURS[name]
-    )
-    act = lambda obs, key: policy.act(params, (), obs, key, False)[1]
-    run = jax.jit(lambda key: collect(key, env, env_params, act, args.episode_steps, episodes))
-    data = run(study.key("demonstrations", name))  # [T, E]
-    return jax.tree.map(lambda x: np.asarray(x).swapaxes(0, 1).reshape(-1, *x.shape[2:]), data)
-
-
 def main(args: Args) -> dict:
-    study = Study("psec", args, behaviours=BEHAVIOURS)
-    env, default = envs.make(ENV, backend="native", max_steps_in_episode=args.episode_steps)
-    task = lambda name: default.replace(**BEHAVIOURS[name])
-    episodes = {n: args.skill_episodes for n in BEHAVIOURS} | {"forward": args.base_episodes}
-    actors = experts(args)
-    data = {n: demonstrations(args, study, n, actors[n], episodes[n]) for n in BEHAVIOURS}
+    behaviours = SHIFTS[args.shift]
+    study = Study("psec", args, behaviours=behaviours)
+    env, default = envs.make(ENV, max_steps_in_episode=args.episode_steps)
+    task = lambda name: default.replace(**behaviours[name])
+    first, *middle, target_name = behaviours
+    skill_names = tuple(middle)
+    episodes = {n: args.skill_episodes for n in behaviours} | {first: args.base_episodes}
+    actors = sac_experts(
+        args.experts, ENV, behaviours, args.sac, args.seed, args.episode_steps, args.progress
+    )
+    data = {
+        n: demonstrations(
+            study.key("demonstrations", n), ENV, behaviours[n], actors[n], k, args.episode_steps
+        )
+        for n, k in episodes.items()
+    }
     per_seed = lambda fn, *xs: jax.jit(jax.vmap(fn))(*xs)
     final = lambda metrics: np.asarray(metrics["return"])[:, -1]  # [S]: the last evaluation
 
-    # 1. the base: diffusion BC on forward running
-    base_agent = make_diffusion_bc(args.base, data["forward"], env, task("forward"))
-    base_state, base_metrics = per_seed(base_agent.train, study.seed_keys("base"))
-    bases = jax.vmap(base_agent.policy_params)(base_state)["net"]
-    spec = base_agent.policy.spec
-    scores = {"base on forward": final(base_metrics)}
+    def base(model: str) -> tuple[dict, Any, np.ndarray]:
+        """Each seed's base (``model``) cloned from the first behaviour: spec, params, score."""
+        config = args.base.replace(model=model)
+        agent = make_diffusion_bc(config, data[first], env, task(first))
+        state, metrics = per_seed(agent.train, study.seed_keys("base", model))
+        return agent.policy.spec, jax.vmap(agent.policy_params)(state)["net"], final(metrics)
 
-    # 2. skills (rank r) from a few episodes each, on every seed's frozen base
-    def skills(rank: int) -> tuple[dict, dict]:
-        config = args.skill.replace(rank=rank)
+    def skills(spec: dict, bases: Any, rank: int) -> tuple[dict, dict]:
+        """Each seed's skills (rank ``rank``) from a few episodes each, on its frozen base."""
+        config = args.skill.replace(rank=rank, model=spec["model"])
 
         def learn(name):
             def one(base, key):
-                agent = skill_agent(
-                    SkillLibrary(spec, base), name, data[name], config, env, task(name)
-                )
+                library = SkillLibrary(spec, base)
+                agent = skill_agent(library, name, data[name], config, env, task(name))
                 state, metrics = agent.train(key)
                 return agent.policy_params(state)["adapters"], metrics
 
-            return per_seed(one, bases, study.seed_keys("skill", name, rank))
+            return per_seed(one, bases, study.seed_keys("skill", name, rank, spec["model"]))
 
-        trained = {name: learn(name) for name in SKILLS}
+        trained = {name: learn(name) for name in skill_names}
         adapters = {n: jax.tree.map(lambda x: x[:, 0], a) for n, (a, _) in trained.items()}
         return adapters, {n: final(m) for n, (_, m) in trained.items()}
 
-    # 3. the target: composition arms on every seed's library, and the baselines
-    def compose(adapters: dict, mix: str, name: str) -> np.ndarray:
+    def compose(spec: dict, bases: Any, adapters: dict, mix: str, name: str) -> np.ndarray:
+        """Each seed's skills composed by ``mix`` on the target: the final returns [S]."""
+
         def one(base, skill_adapters, key):
-            library = SkillLibrary(spec, base, skill_adapters, {n: {} for n in SKILLS})
+            library = SkillLibrary(spec, base, skill_adapters, {n: {} for n in skill_names})
             agent = make_composition(
-                args.compose, library, SKILLS, data["target"], env, task("target"), mix
+                args.compose, library, skill_names, data[target_name], env, task(target_name), mix
             )
             return agent.train(key)[1]
 
         return final(per_seed(one, bases, adapters, study.seed_keys("compose", name)))
 
-    adapters, skill_scores = skills(args.skill.rank)
-    scores |= {f"{n} skill on {n}": s for n, s in skill_scores.items()}
-    target = {name: compose(adapters, mix, name) for name, mix in MIXES.items()}
-    scratch = make_diffusion_bc(args.skill.replace(rank=0), data["target"], env, task("target"))
-    target["scratch"] = final(per_seed(scratch.train, study.seed_keys("scratch"))[1])
-
-    def tuned(rank: int, name: str) -> np.ndarray:
+    def tuned(spec: dict, bases: Any, rank: int, name: str) -> np.ndarray:
+        """Each seed's base tuned on the target: a LoRA of ``rank``, or fully at rank 0."""
         config = args.skill.replace(rank=rank)
+        target_data, target_task = data[target_name], task(target_name)
 
         def one(base, key):
             if rank:
-                agent = skill_agent(
-                    SkillLibrary(spec, base), "target", data["target"], config, env, task("target")
-                )
+                library = SkillLibrary(spec, base)
+                agent = skill_agent(library, "target", target_data, config, env, target_task)
             else:
                 agent = make_diffusion_bc(
-                    config, data["target"], env, task("target"), base=base, units=spec["units"]
+                    config, target_data, env, target_task, base=base, units=spec["units"]
                 )
             return agent.train(key)[1]
 
         return final(per_seed(one, bases, study.seed_keys(name)))
 
-    target["full fine-tuning"] = tuned(0, "fine-tune")
-    target["LoRA on the target (no composition)"] = tuned(args.skill.rank, "lora-target")
+    def alone(spec: dict, bases: Any, adapters: dict) -> dict[str, np.ndarray]:
+        """Each seed's skills, each alone on the target: greedy returns {skill: [S]}."""
+        policy, target_task = composing_policy(spec, "param"), task(target_name)
+        stacked = jax.tree.map(lambda *x: np.stack(x, 1)[:, :, None], *adapters.values())
+
+        def run(base, adapter, key):  # adapter [1, ...] -> mean return []
+            params = {"net": base, "adapters": adapter, "weights": np.ones(1)}
+            episodes = max(args.skill.eval_episodes, 1)
+            return evaluate(key, env, target_task, policy, params, episodes)["return"].mean()
+
+        over_skills = jax.vmap(run, in_axes=(None, 0, None))  # [K]
+        returns = per_seed(over_skills, bases, stacked, study.seed_keys("alone"))  # [S, K]
+        return {f"{n} skill alone": np.asarray(returns[:, i]) for i, n in enumerate(adapters)}
+
+    # 1. the base, 2. the skills, 3. every arm on the target
+    spec, bases, base_score = base("diffusion")
+    adapters, skill_scores = skills(spec, bases, args.skill.rank)
+    scores = {f"base on {first}": base_score}
+    scores |= {f"{n} skill on {n}": s for n, s in skill_scores.items()}
+    target = {name: compose(spec, bases, adapters, mix, name) for name, mix in MIXES.items()}
+    target |= alone(spec, bases, adapters)
+    config = args.skill.replace(rank=0)
+    scratch = make_diffusion_bc(config, data[target_name], env, task(target_name))
+    target["scratch"] = final(per_seed(scratch.train, study.seed_keys("scratch"))[1])
+    target["full fine-tuning"] = tuned(spec, bases, 0, "fine-tune")
+    target["LoRA on the target (no composition)"] = tuned(
+        spec, bases, args.skill.rank, "lora-target"
+    )
+    mlp_spec, mlp_bases, scores[f"MLP base on {first}"] = base("gaussian")
+    mlp_adapters, _ = skills(mlp_spec, mlp_bases, args.skill.rank)
+    target["MLP-PSEC"] = compose(mlp_spec, mlp_bases, mlp_adapters, "context", "MLP-PSEC")
     for rank in args.ranks:
         if rank != args.skill.rank:
-            target[f"PSEC, rank {rank}"] = compose(skills(rank)[0], "context", f"rank {rank}")
-    target_expert = float(np.mean(data["target"].reward) * args.episode_steps)
+            ranked = skills(spec, bases, rank)[0]
+            target[f"PSEC, rank {rank}"] = compose(spec, bases, ranked, "context", f"rank {rank}")
+    target_expert = float(np.mean(data[target_name].reward) * args.episode_steps)
     results = {
+        "shift": args.shift,
         "episodes": episodes,
         "target_expert_return": target_expert,
         "library": {k: iqm_ci(v) for k, v in scores.items()},
         "target": {k: iqm_ci(v) for k, v in target.items()},
         "per_seed": {"library": scores, "target": target},
     }
-    plot_intervals(
-        study.path / "target_returns.png", target, "return on the target (backward jump)"
-    )
+    plot_intervals(study.path / "target_returns.png", target, f"return on {target_name}")
     return study.finish(results, _summary(args, results))
 
 
 def _summary(args: Args, r: dict) -> str:
     lines = [
-        f"# PSEC on HalfCheetah, continual policy shift ({args.seeds} seeds, IQM [95% CI])\n",
-        f"Base: {args.base_episodes} forward episodes; skills and target: {args.skill_episodes} "
+        f"# PSEC on HalfCheetah, {args.shift} shift ({args.seeds} seeds, IQM [95% CI])\n",
+        f"Behaviours: {SHIFTS[args.shift]} (base, skills, target). Base: {args.base_episodes} "
+        f"episodes; skills and target: {args.skill_episodes} "
         f"episodes each of {args.episode_steps} steps. Target expert's return: "
         f"{r['target_expert_return']:.0f}.\n",
         "| library | return on its own task |\n|---|---|",

@@ -27,9 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from agents.core import Agent, export_policy
+import envs
+from agents.core import Agent, Policy, batched, export_policy, load_policy
+from agents.replay import Transition
+from agents.replay.datasets import collect
+from agents.sac import SACConfig, make_sac
 from experiments.runner import RunFolder, iqm_ci, run_chunked, write_atomic
 
 __all__ = [
@@ -37,9 +42,11 @@ __all__ = [
     "Study",
     "StudyArgs",
     "config_dict",
+    "demonstrations",
     "metric_lines",
     "named_key",
     "per_seed",
+    "sac_experts",
     "train_policy",
 ]
 
@@ -152,3 +159,78 @@ def train_policy(
         params = jax.tree.map(lambda x: x[0], agent.policy_params(state))
         export_policy(target, agent.policy, params, {**folder.config, **(metadata or {})})
     return state, metrics, timing
+
+
+def sac_experts(
+    root: str | Path,
+    env_name: str,
+    tasks: Mapping[str, Mapping[str, float]],
+    sac: SACConfig,
+    seed: int = 0,
+    episode_steps: int = 1000,
+    progress: bool = True,
+) -> dict[str, tuple[Policy, Any]]:
+    """{task: (policy, params)} of one SAC expert per task (``env_name`` with the task's params,
+    e.g. ``{"backward": {"direction": -1.0}}``): loaded from ``root/<task>/policy``, or, for
+    the missing ones, trained in one vmapped program over their task params (resumable, in
+    ``root/training-<their names>``) and exported there."""
+    root = Path(root)
+    missing = [n for n in tasks if not (root / n / "policy").exists()]
+    env, default = envs.make(env_name, max_steps_in_episode=episode_steps)
+    same = lambda a, b: all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))
+    for name in set(tasks) - set(missing):
+        meta = load_policy(root / name / "policy")[2]
+        stored = default.replace(**meta.get("env_kwargs", {}))
+        if meta.get("env") != env_name or not same(stored, default.replace(**tasks[name])):
+            raise ValueError(
+                f"the expert in {root / name} was trained on {meta.get('env')} with "
+                f"{meta.get('env_kwargs')}, not {env_name} with {dict(tasks[name])}; delete it "
+                "or point --experts at another folder"
+            )
+    if missing:
+        params = [default.replace(**tasks[n]) for n in missing]
+        stacked = jax.tree.map(lambda *x: jnp.stack([jnp.asarray(v) for v in x]), *params)
+        agent = batched(lambda task: make_sac(sac, env, task), stacked)
+        config = {"experts": missing, "env": env_name, "tasks": [dict(tasks[n]) for n in missing]}
+        run = "training-" + "_".join(missing).replace(" ", "-").replace(",", "")
+        folder = RunFolder(root / run, {**config, "seed": seed, "sac": config_dict(sac)})
+        state, _, _ = run_chunked(
+            agent, named_key(seed, "experts", *missing), 1, folder, 5, progress
+        )
+        trained = agent.policy_params(jax.tree.map(lambda x: x[0], state))  # seed 0: [tasks, ...]
+        for i, name in enumerate(missing):
+            meta = {"env": env_name, "env_kwargs": dict(tasks[name]), "env_steps": sac.total_steps}
+            one = jax.tree.map(lambda x, i=i: x[i], trained)
+            export_policy(root / name / "policy", agent.policy, one, meta)
+    return {n: load_policy(root / n / "policy")[:2] for n in tasks}
+
+
+def demonstrations(
+    key: jax.Array,
+    env_name: str,
+    task: Mapping[str, float],
+    expert: tuple[Policy, Any],
+    episodes: int,
+    episode_steps: int = 1000,
+    action_noise: float = 0.0,
+    info_keys: tuple[str, ...] = (),
+) -> Transition | tuple[Transition, dict[str, np.ndarray]]:
+    """``episodes`` whole episodes of ``expert`` (its sampled actions, plus Gaussian
+    ``action_noise`` clipped to the action bounds) on ``env_name`` with ``task``'s params:
+    transitions [episodes * episode_steps] in episode order (and those ``info_keys``, the same
+    shape)."""
+    policy, params = expert
+    env, env_params = envs.make(env_name, max_steps_in_episode=episode_steps, **task)
+    space = env.action_space(env_params)
+
+    def act(obs, key):
+        k_act, k_noise = jax.random.split(key)
+        action = policy.act(params, policy.initial_carry(obs.shape[0]), obs, k_act, False)[1]
+        noise = action_noise * jax.random.normal(k_noise, action.shape)
+        return jnp.clip(action + noise, space.low, space.high)
+
+    run = jax.jit(
+        lambda key: collect(key, env, env_params, act, episode_steps, episodes, info_keys)
+    )
+    flat = lambda x: np.asarray(x).swapaxes(0, 1).reshape(-1, *x.shape[2:])  # [T, E] -> [E * T]
+    return jax.tree.map(flat, run(key))

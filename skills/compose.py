@@ -10,11 +10,13 @@
   starting at the uniform mix) weighs each skill's LoRA delta inside every layer, per state;
 - ``"param"``: one weight per skill in parameter space, the same in every state (PSEC without
   the context-aware network);
-- ``"noise"`` (NSEC): one weight per skill on its noise prediction;
+- ``"noise"`` (NSEC): one weight per skill on its noise prediction (a Gaussian model: on its mean
+  and log-std);
 - ``"action"`` (ASEC): one weight per skill on its sampled action.
 
-The first three train on the diffusion loss of the demonstrations through the composed model,
-the last on the squared error of the mixed action; the base and every skill stay frozen. The
+The first three train on the model's loss (diffusion, or the Gaussian's likelihood) of the
+demonstrations through the composed model, the last on the squared error of the mixed action;
+the base and every skill stay frozen. The
 reference adds a regulariser hard-wired to two skills (mean alpha towards fixed targets); it is
 left out, and the uniform start plays its role for any number of skills.
 """
@@ -31,13 +33,14 @@ from flax import struct
 
 from agents import offline
 from agents.core import Agent
-from agents.diffusion import NoiseNet, ddpm_loss, ddpm_sample, vp_betas
 from agents.diffusion_policy import (
     MIXES,
     ContextAlpha,
     DiffusionBCState,
-    eps_fn,
+    make_model,
+    net_fn,
     prepare_in_units,
+    sample_actions,
 )
 from agents.hparams import require, require_fields, static, sweepable
 from agents.replay import Transition
@@ -89,8 +92,9 @@ def make_composition(
     data = prepare_in_units(transitions, env, env_params, library.units)
     dataset, num = data.transitions, data.transitions.reward.shape[0]
     spec, num_skills = library.spec, len(names)
-    net = NoiseNet(dataset.action.shape[1], **spec["net"])
-    betas = vp_betas(spec["num_steps"])
+    model = make_model(
+        spec.get("model", "diffusion"), dataset.action.shape[1], spec["net"], spec["num_steps"]
+    )
     alpha = ContextAlpha(num_skills)
     tx = optax.adam(config.lr)
     full = lambda trained: {
@@ -110,13 +114,8 @@ def make_composition(
     def loss(trained, obs, action, key):
         params = full(trained)
         if mix != "action":
-            eps = eps_fn(net, params, obs, mix, spec["scale"])
-            return ddpm_loss(eps, action, key, betas)
-        one = lambda k, key: ddpm_sample(
-            eps_fn(net, params, obs, mix, spec["scale"], k), key, action.shape, betas
-        )
-        actions = jax.vmap(one, in_axes=(0, None))(jnp.arange(num_skills), key)  # common noise
-        mixed = jnp.einsum("k,kba->ba", trained, jax.lax.stop_gradient(actions))
+            return model.loss(net_fn(model.net, params, obs, mix, spec["scale"]), action, key)
+        mixed = sample_actions(model, params, obs, key, mix, spec["scale"])  # skills frozen
         return jnp.mean(jnp.square(mixed - action))
 
     def learn(state: DiffusionBCState) -> tuple[DiffusionBCState, dict]:

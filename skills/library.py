@@ -1,4 +1,4 @@
-"""A skill library (PSEC): a frozen diffusion base policy and named LoRA skills on it.
+"""A skill library (PSEC): a frozen diffusion (or Gaussian) base policy and named LoRA skills.
 
     library = SkillLibrary.create(base_policy.spec, base_params["net"])
     library, metrics = train_skill(library, "backward", transitions, config, env, env_params, key)
@@ -33,7 +33,7 @@ from agents.diffusion_policy import DiffusionPolicyConfig, make_diffusion_bc
 from agents.hparams import require
 from agents.replay import Transition
 
-__all__ = ["SkillLibrary", "fingerprint", "skill_agent", "train_skill"]
+__all__ = ["SkillLibrary", "composing_policy", "fingerprint", "skill_agent", "train_skill"]
 
 
 def fingerprint(params: Any) -> str:
@@ -131,7 +131,7 @@ class SkillLibrary:
 
     def policy_for(self, mix: str) -> Policy:
         """The policy that composes skills by ``mix`` (its params: ``policy``'s)."""
-        return build_policy({**self.spec, "mix": mix, "num_candidates": 1, "critic_hidden": []})
+        return composing_policy(self.spec, mix)
 
     def save(self, directory: str | Path) -> None:
         """``directory/base`` and one ``directory/skills/<name>`` per skill (orbax + JSON)."""
@@ -172,6 +172,12 @@ class SkillLibrary:
         require(name in self.skills, f"no skill {name!r} in the library; it has {self.names}")
 
 
+def composing_policy(spec: Mapping[str, Any], mix: str) -> Policy:
+    """The policy that composes skills by ``mix`` on a base policy of ``spec`` (its params:
+    ``SkillLibrary.policy``'s; stacked over seeds, a vmapped study's)."""
+    return build_policy({**spec, "mix": mix, "num_candidates": 1, "critic_hidden": []})
+
+
 def _saved(directory: Path) -> list[str]:
     stored = directory / "skills"
     return sorted(p.name for p in stored.iterdir() if p.is_dir()) if stored.exists() else []
@@ -191,6 +197,13 @@ def skill_agent(
     weights; default plain BC). Its ``policy_params(state)["adapters"]`` hold the skill."""
     try:
         require(config.rank >= 1, f"config.rank={config.rank} must be >= 1 for a skill")
+        model, scale = library.spec.get("model", "diffusion"), library.spec["scale"]
+        require(
+            config.model == model and config.lora_scale == scale,
+            f"the library's base is a {model!r} model composing at scale {scale}; the skill's "
+            f"config has model={config.model!r}, lora_scale={config.lora_scale}: pass "
+            f"config.replace(model={model!r}, lora_scale={scale})",
+        )
         lora.check_adapter(
             library.base, lora.init_adapter(jax.random.key(0), library.base, config.rank)
         )

@@ -197,6 +197,37 @@ def test_vmapped_task_params(backend: str) -> None:
         assert np.abs(out["obs"][i] - default["obs"]).max() > 1e-2, f"{shift} changed nothing"
 
 
+def test_velocity_cost_counts_fast_steps_and_leaves_the_reward() -> None:
+    """Safe RL's velocity constraint: cost 1 on each step with |x_velocity| above the limit,
+    the same physics and reward; ``evaluate`` sums it per episode."""
+    from agents.core import Policy, no_carry
+    from agents.evaluation import evaluate
+
+    env, free = envs.make("HalfCheetah", backend="native", max_steps_in_episode=40)
+    limited = free.replace(velocity_limit=0.5)
+    actions = jnp.asarray(_actions("HalfCheetah", seed=3)[:40])
+
+    @jax.jit
+    def run(params):  # -> reward, x_velocity, cost [40]
+        def body(state, action):
+            _, state, reward, _, _, info = env.step(jax.random.key(1), state, action, params)
+            return state, (reward, info["x_velocity"], info["cost"])
+
+        return jax.lax.scan(body, env.reset(jax.random.key(0), params)[1], actions)[1]
+
+    reward, velocity, cost = jax.device_get(run(limited))
+    free_reward, _, free_cost = jax.device_get(run(free))
+    np.testing.assert_array_equal(reward, free_reward)
+    np.testing.assert_array_equal(cost, np.abs(velocity) > 0.5)
+    assert 0 < cost.sum() < 40 and not free_cost.any()
+    push = lambda p, c, obs, key, d=False: (c, jnp.broadcast_to(p, (obs.shape[0], 6)))
+    policy = Policy(push, no_carry, {})
+    every_step = evaluate(jax.random.key(0), env, free.replace(velocity_limit=0.0), policy,
+                          jnp.full(6, 0.8), 2)  # fmt: skip
+    np.testing.assert_array_equal(every_step["cost"], every_step["length"])
+    assert not evaluate(jax.random.key(0), env, free, policy, jnp.full(6, 0.8), 2)["cost"].any()
+
+
 def test_truncation_at_1000_steps() -> None:
     """Truncated exactly at step 1000 (never terminated), with the pre-reset observation in
     info: the same run with a longer limit passes through that observation unchanged."""
@@ -241,6 +272,7 @@ def test_spaces_and_default_backend() -> None:
         ({"target_velocity": None}, "float\\('inf'\\)"),
         ({"target_velocity": float("nan")}, "target_velocity must not be NaN"),
         ({"max_steps_in_episode": 0}, "max_steps_in_episode must be >= 1"),
+        ({"velocity_limit": -1.0}, "velocity_limit must be >= 0"),
     ],
 )
 def test_bad_params_raise(override: dict, message: str) -> None:

@@ -32,25 +32,32 @@ def dataset(key: jax.Array, action_of, n: int = 2048) -> Transition:
     return Transition(obs, action_of(obs), zeros, obs, zeros.astype(bool), zeros.astype(bool))
 
 
-def act(policy, params, obs, key):
-    return policy.act(params, policy.initial_carry(obs.shape[0]), obs, key)[1]
+def act(policy, params, obs, key):  # greedy: a Gaussian's mean (diffusion samples either way)
+    return policy.act(params, policy.initial_carry(obs.shape[0]), obs, key, True)[1]
 
 
-@pytest.fixture(scope="session")  # built at most once per xdist worker
-def library() -> SkillLibrary:
+def make_library(config: DiffusionPolicyConfig = TINY) -> SkillLibrary:
     """A base cloned from torques near 0 and two skills: +1.5 and -1.5 everywhere."""
     env, params = PENDULUM
     base_data = dataset(jax.random.key(0), lambda o: 0.1 * o[:, :1])
-    base = make_diffusion_bc(TINY, base_data, env, params)
+    base = make_diffusion_bc(config, base_data, env, params)
     state, _ = jax.jit(base.train)(jax.random.key(1))
     library = SkillLibrary.create(base.policy.spec, base.policy_params(state)["net"])
     for i, (name, torque) in enumerate((("up", 1.5), ("down", -1.5))):
         data = dataset(jax.random.key(2 + i), lambda o, t=torque: jnp.full((o.shape[0], 1), t))
         meta = {"data": f"torque {torque:+}"}
-        library, _ = train_skill(
-            library, name, data, SKILL, env, params, jax.random.key(9 + i), metadata=meta
-        )
+        skill, key = config.replace(rank=4), jax.random.key(9 + i)
+        library, _ = train_skill(library, name, data, skill, env, params, key, metadata=meta)
     return library
+
+
+#: The tests on the shared library run on one xdist worker, which builds it once.
+ONE_LIBRARY = pytest.mark.xdist_group("psec-library")
+
+
+@pytest.fixture(scope="session")
+def library() -> SkillLibrary:
+    return make_library()
 
 
 def test_zero_lora_is_the_base_exactly():
@@ -58,26 +65,31 @@ def test_zero_lora_is_the_base_exactly():
     x, t, c = jnp.ones((5, 2)), jnp.arange(5), jax.random.normal(jax.random.key(0), (5, 3))
     params = net.init(jax.random.key(1), x, t, c)
     fresh = lora.stack([lora.init_adapter(jax.random.key(2), params, 4)])  # B = 0
-    base_out = net.apply(params, x, t, c)
-    np.testing.assert_array_equal(
-        lora.apply_lora(net.apply, params, fresh, [1.0], 16.0, x, t, c), base_out
-    )
     noise = lambda a: 0.05 * jax.random.normal(jax.random.key(3), a.shape)
-    trained = jax.tree.map(lambda a: a + noise(a), fresh)  # B != 0, but weight 0
-    np.testing.assert_array_equal(
-        lora.apply_lora(net.apply, params, trained, [0.0], 16.0, x, t, c), base_out
-    )
-    assert not np.allclose(
-        lora.apply_lora(net.apply, params, trained, [1.0], 16.0, x, t, c), base_out
-    )
-    merged = lora.merge(params, jax.tree.map(lambda a: a[0], trained), 16.0)
-    np.testing.assert_allclose(
-        net.apply(merged, x, t, c),
-        lora.apply_lora(net.apply, params, trained, [1.0], 16.0, x, t, c),
-        rtol=1e-4, atol=1e-4,
-    )  # fmt: skip
+    trained = jax.tree.map(lambda a: a + noise(a), fresh)  # B != 0
+
+    @jax.jit  # one program for every output
+    def outputs():
+        with_lora = lambda adapters, w: lora.apply_lora(
+            net.apply, params, adapters, w, 16.0, x, t, c
+        )
+        merged = lora.merge(params, jax.tree.map(lambda a: a[0], trained), 16.0)
+        return {
+            "base": net.apply(params, x, t, c),
+            "fresh": with_lora(fresh, jnp.ones(1)),
+            "weight 0": with_lora(trained, jnp.zeros(1)),
+            "weight 1": with_lora(trained, jnp.ones(1)),
+            "merged": net.apply(merged, x, t, c),
+        }
+
+    out = outputs()
+    np.testing.assert_array_equal(out["fresh"], out["base"])
+    np.testing.assert_array_equal(out["weight 0"], out["base"])
+    assert not np.allclose(out["weight 1"], out["base"])
+    np.testing.assert_allclose(out["merged"], out["weight 1"], rtol=1e-4, atol=1e-4)
 
 
+@ONE_LIBRARY
 def test_training_a_skill_leaves_the_base_bit_identical(library):
     env, params = PENDULUM
     before = jax.tree.map(np.array, library.base)
@@ -97,6 +109,7 @@ def test_training_a_skill_leaves_the_base_bit_identical(library):
     assert grown.meta["mid"]["rank"] == 4 and grown.meta["mid"]["transitions"] == 2048
 
 
+@ONE_LIBRARY
 def test_skills_learn_their_torques_and_one_hot_composition_is_that_skill(library):
     obs = jax.random.uniform(jax.random.key(7), (256, 3), minval=-1, maxval=1)
     key = jax.random.key(8)
@@ -114,6 +127,7 @@ def test_skills_learn_their_torques_and_one_hot_composition_is_that_skill(librar
     )
 
 
+@ONE_LIBRARY
 def test_library_saves_and_loads_to_identical_actions(library, tmp_path):
     library.save(tmp_path / "lib")
     loaded = SkillLibrary.load(tmp_path / "lib")
@@ -133,9 +147,35 @@ def test_library_saves_and_loads_to_identical_actions(library, tmp_path):
     assert SkillLibrary.load(tmp_path / "lib").names == ["up"]
 
 
+@ONE_LIBRARY
 def test_context_aware_composition_beats_every_fixed_weight(library):
     """The target: +1.5 where cos(theta) > 0, -1.5 elsewhere. Any fixed mix of "up" and "down"
     gives one torque everywhere; alpha(s) can pick the skill per state."""
+    context, fixed = composition_errors(library)
+    assert context < 0.5 * fixed, (context, fixed)
+
+
+def test_gaussian_base_skills_and_composition():
+    """PSEC's MLP ablation: the same library, skills and composition on a Gaussian model."""
+    library = make_library(TINY.replace(model="gaussian"))
+    assert library.spec["model"] == "gaussian"
+    obs = jax.random.uniform(jax.random.key(7), (256, 3), minval=-1, maxval=1)
+    up = act(*library.policy(["up"]), obs, jax.random.key(8))
+    down = act(*library.policy(["down"]), obs, jax.random.key(8))
+    assert float(up.mean()) > 1.0 and float(down.mean()) < -1.0
+    for mix in ("param", "noise", "action"):
+        both = act(*library.policy(["up", "down"], mix, [1.0, 0.0]), obs, jax.random.key(8))
+        np.testing.assert_allclose(both, up, atol=1e-5, err_msg=mix)
+    context, fixed = composition_errors(library)
+    assert context < 0.5 * fixed, (context, fixed)
+    with pytest.raises(ValueError, match=r"pass config.replace\(model='gaussian'"):
+        train_skill(library, "x", dataset(jax.random.key(0), lambda o: o[:, :1]), SKILL,
+                    *PENDULUM, jax.random.key(0))  # fmt: skip
+
+
+def composition_errors(library: SkillLibrary) -> tuple[float, float]:
+    """Squared error to the state-dependent target of context-aware PSEC, and of the best
+    fixed parameter-space weight."""
     env, params = PENDULUM
     target = lambda o: jnp.where(o[:, :1] > 0, 1.5, -1.5)
     demos = dataset(jax.random.key(20), target, n=512)
@@ -150,9 +190,10 @@ def test_context_aware_composition_beats_every_fixed_weight(library):
     fixed = min(
         error(*library.policy(["up", "down"], "param", [w, 1 - w])) for w in np.linspace(0, 1, 11)
     )
-    assert context < 0.5 * fixed, (context, fixed)
+    return context, fixed
 
 
+@ONE_LIBRARY
 def test_bad_input_is_named(library, tmp_path):
     env, params = PENDULUM
     data = dataset(jax.random.key(0), lambda o: o[:, :1])

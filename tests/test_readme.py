@@ -32,7 +32,7 @@ def readme_commands() -> list[tuple[str, list[str]]]:
         choices = re.search(r"\{([\w,]+)\}", rest)
         for choice in choices.group(1).split(",") if choices else [None]:
             text = rest if choice is None else rest.replace(choices.group(0), choice)
-            commands.append((module, shlex.split(text)))
+            commands.append((module, shlex.split(text, comments=True)))
     return sorted({(m, tuple(a)) for m, a in commands})
 
 

@@ -249,6 +249,23 @@ def test_sbd_mujoco(tmp_path):
     assert (tmp_path / "policies" / "forward" / "policy" / "policy.json").exists()
 
 
+def psec_argv(tmp_path: Path, **evaluation: int) -> list[str]:
+    """Tiny experts, base, skills and compositions for the PSEC studies (``eval_episodes``:
+    their evaluations' episodes)."""
+    flags = lambda prefix, d: [
+        x for k, v in d.items() for x in (f"--{prefix}{k.replace('_', '-')}", str(v))
+    ]
+    tiny = {"width": 16, "num-blocks": 1, "time-dim": 4, "batch-size": 16, **evaluation}
+    tiny |= {"total-steps": 4, "eval-every": 4}
+    argv = ["--experts", str(tmp_path / "experts"), "--seeds", "2", "--episode-steps", "30"]
+    argv += ["--sac.num-steps", "30", "--sac.total-steps", "120", "--sac.learning-starts", "60"]
+    argv += ["--sac.batch-size", "16", "--sac.buffer-size", "120", "--sac.hidden", "8", "8"]
+    argv += flags("base.", tiny) + flags("skill.", tiny | {"rank": 2})
+    return argv + flags(
+        "compose.", {"total-steps": 2, "eval-every": 2, "batch-size": 16, **evaluation}
+    )
+
+
 def test_psec(tmp_path):
     """Trains the forward and backward experts' tiny SACs in one program (the training path);
     the other experts are tiny untrained SAC actors exported beforehand (the loading path)."""
@@ -258,26 +275,45 @@ def test_psec(tmp_path):
     import envs
     from agents.core import export_policy
     from agents.sac import SquashedGaussianActor, sac_policy
+    from experiments.psec import SHIFTS
 
     env, params = envs.make("HalfCheetah", backend="native")
     space, obs_dim = env.action_space(params), env.observation_space(params).shape[0]
-    for i, name in enumerate(("jump", "target")):
+    for i, name in enumerate(("jump", "backward jump")):
         weights = SquashedGaussianActor(6, (8, 8)).init(jax.random.key(i), jnp.zeros(obs_dim))
         policy = sac_policy(space.low, space.high, (8, 8))
-        export_policy(tmp_path / "experts" / name / "policy", policy, weights, {"env_steps": 0})
-    tiny = {"width": 16, "num-blocks": 1, "time-dim": 4, "batch-size": 16, "eval-episodes": 1}
-    tiny |= {"total-steps": 4, "eval-every": 4}
-    flags = lambda prefix, d: [x for k, v in d.items() for x in (f"--{prefix}{k}", str(v))]
-    argv = ["--experts", str(tmp_path / "experts"), "--seeds", "2", "--episode-steps", "30"]
-    argv += ["--sac.num-steps", "30", "--sac.total-steps", "120", "--sac.learning-starts", "60"]
-    argv += ["--sac.batch-size", "16", "--sac.buffer-size", "120", "--sac.hidden", "8", "8"]
-    argv += ["--base-episodes", "2", "--skill-episodes", "2", "--ranks", "2"]
-    argv += flags("base.", tiny) + flags("skill.", tiny | {"rank": 2})
-    argv += flags(
-        "compose.", {"total-steps": 2, "eval-every": 2, "eval-episodes": 1, "batch-size": 16}
-    )
+        meta = {"env": "HalfCheetah", "env_kwargs": SHIFTS["policy"][name], "env_steps": 0}
+        export_policy(tmp_path / "experts" / name / "policy", policy, weights, meta)
+    argv = psec_argv(tmp_path, eval_episodes=1) + ["--base-episodes", "2", "--skill-episodes", "2"]
+    argv += ["--ranks", "2"]
     results = run_study("psec", tmp_path / "study", *argv)
-    assert {"PSEC", "NSEC", "ASEC", "scratch", "full fine-tuning"} <= set(results["target"])
+    arms = {"PSEC", "NSEC", "ASEC", "MLP-PSEC", "scratch", "full fine-tuning", "jump skill alone"}
+    assert arms <= set(results["target"])
     for name in ("forward", "backward"):
         assert (tmp_path / "experts" / name / "policy" / "policy.json").exists()
     assert (tmp_path / "study" / "target_returns.png").exists()
+
+
+def test_psec_dynamics_shift_tasks_are_valid_env_params():
+    """``--shift dynamics`` runs the same main as the policy shift above; its tasks must be
+    valid HalfCheetah params, distinct, with a target no skill saw."""
+    import envs
+    from experiments.psec import ENV, SHIFTS
+
+    for behaviours in SHIFTS.values():
+        tasks = [envs.make(ENV, **kwargs)[1] for kwargs in behaviours.values()]
+        assert len({str(t) for t in tasks}) == len(tasks) == 4
+
+
+def test_psec_safe(tmp_path):
+    """Tiny SAC experts trained in one program; a velocity limit low enough that the data
+    has both safe and unsafe episodes."""
+    argv = psec_argv(tmp_path)
+    argv += ["--velocity-limit", "0.3", "--cost-limit", "12", "--safe-velocity", "0.1"]
+    argv += ["--noise", "0.0", "1.0", "--episodes", "2", "--eval-episodes", "1"]
+    argv += ["--iql.total-steps", "4", "--iql.eval-every", "4", "--iql.hidden", "8", "8"]
+    results = run_study("psec_safe", tmp_path / "study", *argv)
+    assert set(results["arms"]) == {
+        "BC", "PSEC", "NSEC", "ASEC", "reward skill alone", "cost skill alone"
+    }  # fmt: skip
+    assert (tmp_path / "study" / "normalized_cost.png").exists()

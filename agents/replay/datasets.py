@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,11 +127,13 @@ def collect(
     act: Callable[[jax.Array, jax.Array], jax.Array],
     num_steps: int,
     num_envs: int,
-) -> Transition:
+    info_keys: Sequence[str] = (),
+) -> Transition | tuple[Transition, dict[str, jax.Array]]:
     """Roll ``act(obs [E, D], key) -> action [E, ...]`` in ``num_envs`` auto-resetting envs.
 
     Returns time-major ``[num_steps, num_envs]`` transitions (what ``save_dataset`` stores);
-    ``next_obs`` is the pre-reset observation. Jittable (``num_steps``/``num_envs`` static).
+    ``next_obs`` is the pre-reset observation. With ``info_keys`` (e.g. ``("cost",)``), also
+    those step infos {key: [num_steps, num_envs]}. Jittable (``num_steps``/``num_envs`` static).
     """
     k_reset, k_steps = jax.random.split(key)
     obs, state = jax.vmap(env.reset, in_axes=(0, None))(
@@ -146,10 +148,11 @@ def collect(
             env.step, in_axes=(0, 0, 0, None)
         )(jax.random.split(k_env, num_envs), state, action, env_params)
         final_obs = info["final_observation"]
-        return (next_obs, state), Transition(obs, action, reward, final_obs, terminated, truncated)
+        transition = Transition(obs, action, reward, final_obs, terminated, truncated)
+        return (next_obs, state), (transition, {k: info[k] for k in info_keys})
 
-    _, transitions = jax.lax.scan(step, (obs, state), jax.random.split(k_steps, num_steps))
-    return transitions
+    _, (transitions, infos) = jax.lax.scan(step, (obs, state), jax.random.split(k_steps, num_steps))
+    return (transitions, infos) if info_keys else transitions
 
 
 # ---------------------------------------------------------------------------------------------

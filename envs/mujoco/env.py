@@ -9,7 +9,10 @@ also carry task variations, all vmappable leaves:
   ``-|direction * x_velocity - target_velocity|`` (velocity tracking, e.g. cheetah-velocity);
 - ``jump_weight``: adds ``jump_weight * (z - z_rest)``, the root height above its rest height;
 - ``friction_scale``, ``gravity_scale``, ``mass_scale``: dynamics shifts, applied per
-  environment inside a vmapped batch on both backends.
+  environment inside a vmapped batch on both backends;
+- ``velocity_limit``: ``info["cost"]`` is 1 on every step whose speed ``|x_velocity|`` is above
+  it (the velocity-constrained tasks of safe RL, Safety-Gymnasium's; e.g. HalfCheetah 3.2096),
+  and 0 with the default ``inf``. The reward does not change.
 
 Backends: ``"native"`` (MuJoCo in C, float64, through ``jax.pure_callback``; identical to
 Gymnasium) and ``"mjx"`` (MuJoCo XLA, float32, pure JAX). The default is ``"native"`` when JAX
@@ -43,6 +46,7 @@ class MujocoParams(EnvParams):
     friction_scale: float = 1.0
     gravity_scale: float = 1.0
     mass_scale: float = 1.0
+    velocity_limit: float = float("inf")  # info["cost"] = 1 on steps with |x_velocity| above
 
 
 @struct.dataclass
@@ -106,6 +110,7 @@ class MujocoEnv(Environment):
             "friction_scale": (lambda v: np.isfinite(v) & (v > 0), "must be finite and > 0"),
             "gravity_scale": (lambda v: np.isfinite(v) & (v >= 0), "must be finite and >= 0"),
             "mass_scale": (lambda v: np.isfinite(v) & (v > 0), "must be finite and > 0"),
+            "velocity_limit": (lambda v: v >= 0, "must be >= 0 (inf: no cost)"),
         }
         for name, (ok, rule) in checks.items():
             v = getattr(params, name)
@@ -162,7 +167,13 @@ class MujocoEnv(Environment):
         height = after.qpos[1] - self._rest_height
         reward = forward_reward + survive_reward - ctrl_cost + params.jump_weight * height
         terminated = jnp.logical_not(healthy) if task.terminates else jnp.array(False)
-        info = {"x_position": after.qpos[0], "x_velocity": x_velocity, "height": height}
+        cost = (jnp.abs(x_velocity) > params.velocity_limit).astype(jnp.float32)
+        info = {
+            "x_position": after.qpos[0],
+            "x_velocity": x_velocity,
+            "height": height,
+            "cost": cost,
+        }
         new_state = MujocoState(physics=after, time=state.time + 1)
         return task.observation(after.qpos, after.qvel), new_state, reward, terminated, info
 
