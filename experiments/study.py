@@ -215,7 +215,7 @@ def demonstrations(
     action_noise: float = 0.0,
     info_keys: tuple[str, ...] = (),
 ) -> Transition | tuple[Transition, dict[str, np.ndarray]]:
-    """``episodes`` whole episodes of ``expert`` (its sampled actions, plus Gaussian
+    """``episodes`` whole episodes of a memoryless ``expert`` (its sampled actions, plus Gaussian
     ``action_noise`` clipped to the action bounds) on ``env_name`` with ``task``'s params:
     transitions [episodes * episode_steps] in episode order (and those ``info_keys``, the same
     shape)."""
