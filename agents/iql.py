@@ -141,11 +141,12 @@ class IQLState(NamedTuple):
 
 
 def _prepare(config: IQLConfig, transitions: Transition, env: Any, env_params: Any):
-    transitions = offline.check_dataset(transitions, env, env_params)
-    scale = offline.locomotion_reward_scale(transitions) if config.normalize_reward else 1.0
-    return offline.prepare(
-        transitions, env, env_params, normalize_obs=config.normalize_obs, reward_scale=scale
-    )
+    with jax.ensure_compile_time_eval():  # the data's checks and statistics, even in a trace
+        transitions = offline.check_dataset(transitions, env, env_params)
+        scale = offline.locomotion_reward_scale(transitions) if config.normalize_reward else 1.0
+        return offline.prepare(
+            transitions, env, env_params, normalize_obs=config.normalize_obs, reward_scale=scale
+        )
 
 
 def advantage_weights(
@@ -159,8 +160,7 @@ def advantage_weights(
     """[N]: ``clip(exp(temperature * (Q - V)), 0, max_weight)`` of each of ``transitions``
     under a trained IQL run's target twin-Q (min) and value, as IQL's actor weighs them
     (``temperature`` defaults to the config's); the weights of an advantage-weighted skill."""
-    with jax.ensure_compile_time_eval():  # the data's checks and statistics, even under a trace
-        data = _prepare(config, transitions, env, env_params).transitions
+    data = _prepare(config, transitions, env, env_params).transitions
     q = CriticEnsemble(2, config.hidden, "relu").apply(state.target_critic, data.obs, data.action)
     v = Value(config.hidden).apply(state.value.params, data.obs)
     beta = config.temperature if temperature is None else temperature
