@@ -40,6 +40,7 @@ __all__ = [
     "env_units",
     "locomotion_reward_scale",
     "make_agent",
+    "policy_units",
     "prepare",
     "sample",
 ]
@@ -76,12 +77,18 @@ class OfflineData(NamedTuple):
 
     def policy_units(self) -> dict[str, list[float]]:
         """The keyword arguments a policy builder takes to act in the env's units (JSON)."""
-        return {
-            "obs_mean": np.asarray(self.obs.mean).tolist(),
-            "obs_std": np.asarray(self.obs.std).tolist(),
-            "action_low": self.action_low.tolist(),
-            "action_high": self.action_high.tolist(),
-        }
+        return policy_units(self.obs, self.action_low, self.action_high)
+
+
+def policy_units(obs: Normalizer, low: np.ndarray, high: np.ndarray) -> dict[str, list[float]]:
+    """A policy builder's ``env_units`` keyword arguments (JSON): the observation statistics the
+    learner trained in and the env's action bounds."""
+    return {
+        "obs_mean": np.asarray(obs.mean).tolist(),
+        "obs_std": np.asarray(obs.std).tolist(),
+        "action_low": np.asarray(low).tolist(),
+        "action_high": np.asarray(high).tolist(),
+    }
 
 
 def action_bounds(env: Any, env_params: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -164,6 +164,17 @@ def _nan_for_none(x: Any) -> Any:
     return [_nan_for_none(v) for v in x] if isinstance(x, list) else np.nan if x is None else x
 
 
+def _chunk_program(agent: Agent, n: int) -> Any:
+    """The jitted, vmapped scan of ``n`` updates of ``agent``: one function per (agent, n), kept
+    on the agent, so a second ``run_chunked`` of the same agent (a resume in the same process)
+    reuses its compiled program."""
+    programs = agent.__dict__.setdefault("_chunk_programs", {})
+    if n not in programs:
+        scan = lambda s: jax.lax.scan(lambda s, _: agent.update(s), s, None, n)
+        programs[n] = jax.jit(jax.vmap(scan))
+    return programs[n]
+
+
 def run_chunked(
     agent: Agent,
     key: jax.Array,
@@ -191,9 +202,8 @@ def run_chunked(
 
     def step(state, start, n):
         if n not in compiled:
-            scan = lambda s: jax.lax.scan(lambda s, _: agent.update(s), s, None, n)
             tc = time.perf_counter()
-            compiled[n] = jax.jit(jax.vmap(scan)).lower(state).compile()
+            compiled[n] = _chunk_program(agent, n).lower(state).compile()
             timing["compile_s"] += time.perf_counter() - tc
         tr = time.perf_counter()
         state, metrics = jax.block_until_ready(compiled[n](state))

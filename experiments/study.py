@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 import zlib
 from collections.abc import Mapping
@@ -47,6 +48,7 @@ __all__ = [
     "named_key",
     "per_seed",
     "sac_experts",
+    "task_datasets",
     "train_policy",
 ]
 
@@ -234,3 +236,130 @@ def demonstrations(
     )
     flat = lambda x: np.asarray(x).swapaxes(0, 1).reshape(-1, *x.shape[2:])  # [T, E] -> [E * T]
     return jax.tree.map(flat, run(key))
+
+
+#: Dataset levels ``task_datasets`` makes (D4RL's, plus OER's medium-random).
+TASK_LEVELS = ("random", "medium", "expert", "medium-random")
+
+
+def task_datasets(
+    root: str | Path,
+    family: str,
+    env_name: str,
+    tasks: Mapping[str, Mapping[str, float]],
+    level: str = "medium",
+    sac: SACConfig | None = None,
+    dataset_steps: int = 100_000,
+    snapshot_every: int = 5_000,
+    eval_episodes: int = 10,
+    episode_steps: int = 1000,
+    seed: int = 0,
+    progress: bool = True,
+    dataset_root: str | Path | None = None,
+    collect_envs: int = 10,
+) -> dict[str, tuple[Transition, tuple[float, float]]]:
+    """{task: (flat transitions [N], (random, expert) returns)} of the Minari dataset
+    ``skill-agents/<family>-<task>-<level>-v0`` of each task (``env_name`` with the task's
+    params): loaded, or, for the missing ones, made here. SAC learns every missing task in one
+    vmapped program (resumable, in ``root/training-<family>-<their names>``), evaluated greedily
+    every ``snapshot_every`` env steps with its parameters kept; as in D4RL, ``expert`` is the
+    best snapshot, ``medium`` the one closest to a third of the way from the random return to
+    the expert's (up to the first that reaches it), both sampled; ``random`` uniform actions;
+    ``medium-random`` half medium, half random episodes (OER's)."""
+    from agents.evaluation import evaluate
+    from agents.replay.datasets import dataset_path, load_dataset, save_dataset
+    from agents.replay.levels import medium_snapshot, uniform_policy, with_snapshots
+
+    if level not in TASK_LEVELS:
+        raise ValueError(f"level={level!r}: choose one of {TASK_LEVELS}")
+    slug = lambda name: name.replace(", ", "-").replace(" ", "-").replace(".", "_")
+    ids = {n: f"skill-agents/{family}-{slug(n)}-{level}-v0" for n in tasks}
+    for name, dataset_id in ids.items():
+        if not re.fullmatch(r"[\w/-]+-v0", dataset_id):
+            raise ValueError(
+                f"task {name!r} makes the dataset id {dataset_id!r}, which Minari "
+                "refuses; use letters, digits, spaces, '-', '_' and '.' in names"
+            )
+    missing = [n for n in tasks if not dataset_path(ids[n], dataset_root).exists()]
+    if missing:
+        if dataset_steps % collect_envs:
+            raise ValueError(f"dataset_steps={dataset_steps}: a multiple of {collect_envs}")
+        sac = SACConfig() if sac is None else sac
+        env, default = envs.make(env_name, max_steps_in_episode=episode_steps)
+        params = [default.replace(**tasks[n]) for n in missing]
+        stacked = jax.tree.map(lambda *x: jnp.stack([jnp.asarray(v) for v in x]), *params)
+        per_stage = snapshot_every // sac.steps_per_update
+        if per_stage < 1 or snapshot_every % sac.steps_per_update:
+            raise ValueError(
+                f"snapshot_every={snapshot_every} must be a positive multiple of sac.num_envs *"
+                f" sac.num_steps = {sac.steps_per_update}"
+            )
+
+        def learner(p):  # the episode length stays a Python int (evaluation's loop length)
+            p = p.replace(max_steps_in_episode=episode_steps)
+            return with_snapshots(make_sac(sac, env, p), env, p, per_stage, eval_episodes)
+
+        agent = batched(learner, stacked)
+        config = {"family": family, "env": env_name, "tasks": [dict(tasks[n]) for n in missing]}
+        config |= {"seed": seed, "sac": config_dict(sac), "snapshot_every": snapshot_every}
+        folder = RunFolder(Path(root) / f"training-{family}-{'_'.join(map(slug, missing))}", config)
+        run, metrics, _ = run_chunked(
+            agent, named_key(seed, "datasets", family, *missing), 1, folder, 1, progress
+        )
+        space = env.action_space(default)
+        uniform = uniform_policy(space.low, space.high)
+        rollout = jax.jit(
+            lambda p, snapshot, key, sampled: collect(
+                key, env, p,
+                lambda obs, k: jnp.where(
+                    sampled, agent.policy.act(snapshot, (), obs, k)[1],
+                    uniform.act((), (), obs, k)[1],
+                ),
+                dataset_steps // collect_envs, collect_envs,
+            )
+        )  # fmt: skip
+        random_return = jax.jit(
+            lambda p, key: evaluate(key, env, p, uniform, (), eval_episodes, True, episode_steps)[
+                "return"
+            ].mean()
+        )
+        for i, name in enumerate(missing):
+            evals = np.asarray(metrics["eval_return"])[0, :, i]
+            expert = int(np.argmax(evals))
+            rand = float(random_return(params[i], named_key(seed, "random", family, name)))
+            medium = medium_snapshot(evals, float(evals[expert]), rand)
+            snap = lambda k, i=i: jax.tree.map(lambda x: x[0, i, k], run.params)
+            key = named_key(seed, "collect", family, name, level)
+            k_a, k_b = jax.random.split(key)
+            if level == "medium-random":
+                half = lambda x: x[:, : collect_envs // 2]
+                a = jax.tree.map(half, rollout(params[i], snap(medium), k_a, True))
+                b = jax.tree.map(half, rollout(params[i], snap(medium), k_b, False))
+                data = jax.tree.map(lambda x, y: np.concatenate([x, y], 1), a, b)
+            else:
+                chosen = snap(medium if level == "medium" else expert)
+                data = rollout(params[i], chosen, k_a, level != "random")
+            save_dataset(
+                jax.tree.map(np.asarray, data),
+                ids[name],
+                env_name=env_name,
+                env_kwargs={"max_steps_in_episode": episode_steps, **dict(tasks[name])},
+                ref_min_score=rand,
+                ref_max_score=float(evals[expert]),
+                root=dataset_root,
+                metadata={
+                    "family": family,
+                    "task": name,
+                    "level": level,
+                    "eval_returns": evals.tolist(),
+                    "medium_stage": medium,
+                    "expert_stage": expert,
+                    "sac": config_dict(sac),
+                    "snapshot_every": snapshot_every,
+                },
+            )
+    out = {}
+    for name in tasks:
+        data, meta = load_dataset(ids[name], dataset_root)
+        out[name] = (data, (float(meta["ref_min_score"]), float(meta["ref_max_score"])))
+    return out

@@ -112,6 +112,7 @@ def test_unknown_env_is_named():
         envs.make("gymnax:CartPole-v1", no_such_param=1)
 
 
+@pytest.mark.slow  # 56 s; PPO's learning is checked on CartPole in the default suite
 def test_ppo_solves_the_multiskill_gridworld_like_its_expert():
     """Command visible: greedy PPO return within 10% of the scripted expert's."""
     from experiments.quickstart import MULTI_SKILL, expert_return, gridworld_config
@@ -152,6 +153,7 @@ def memoryless_optimum(sequence, num_symbols, grid=101):
     return best
 
 
+@pytest.mark.slow  # 80 s; the recurrent path's memory resets are checked in the default suite
 def test_recurrent_ppo_remembers_where_feedforward_cannot():
     """Memory Sequence with a fixed sequence whose next symbol is not a function of the last."""
     from experiments.quickstart import MEMORY_SEQUENCE, memory_config

@@ -155,6 +155,7 @@ def test_context_aware_composition_beats_every_fixed_weight(library):
     assert context < 0.5 * fixed, (context, fixed)
 
 
+@pytest.mark.slow  # 75 s; the PSEC study smoke test runs the Gaussian model end to end
 def test_gaussian_base_skills_and_composition():
     """PSEC's MLP ablation: the same library, skills and composition on a Gaussian model."""
     library = make_library(TINY.replace(model="gaussian"))

@@ -15,11 +15,12 @@ ENV = envs.make("gymnax:CartPole-v1")
 CFG = PPOConfig(num_envs=4, num_steps=16, total_steps=4 * 16 * 6, num_minibatches=2)
 
 
+AGENT = make_ppo(CFG, *ENV)  # one agent: its chunk program compiles once for every run here
+
+
 def _run(path, stop_after_saves=None, config=None):
     folder = RunFolder(path, config or {"cfg": "tiny"})
-    return run_chunked(
-        make_ppo(CFG, *ENV), jax.random.key(0), 2, folder, updates_per_chunk=2, progress=False
-    )
+    return run_chunked(AGENT, jax.random.key(0), 2, folder, updates_per_chunk=2, progress=False)
 
 
 def test_resume_after_stop_matches_uninterrupted(tmp_path, monkeypatch):

@@ -67,6 +67,14 @@ def _run_chunked(path):
     return run_chunked(sac, ROOT_KEY, 2, folder, updates_per_chunk=1, progress=False)
 
 
+def test_the_group_keeps_this_module_on_one_worker(request):
+    """The module fixtures above are built once only if xdist's loadgroup groups this module
+    (pytest 9.2 silently broke it: pytest-xdist#1386); under xdist the node id carries @sac."""
+    if not hasattr(request.config, "workerinput"):
+        pytest.skip("not running under xdist")
+    assert request.node.nodeid.endswith("@sac"), request.node.nodeid
+
+
 def _data(x):
     return jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
 

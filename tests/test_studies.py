@@ -18,6 +18,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import numpy as np
+
 import experiments
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -317,3 +319,33 @@ def test_psec_safe(tmp_path):
         "BC", "PSEC", "NSEC", "ASEC", "reward skill alone", "cost skill alone"
     }  # fmt: skip
     assert (tmp_path / "study" / "normalized_cost.png").exists()
+
+
+def test_oer(tmp_path):
+    """Tiny SAC runs make the five tasks' Minari datasets; two arms cover the transfer metrics
+    (single-task is forward transfer's reference) and OER's buffers and MMD check."""
+    argv = ["--datasets", str(tmp_path / "runs"), "--dataset-root", str(tmp_path / "minari")]
+    argv += ["--seeds", "2", "--episode-steps", "30", "--dataset-steps", "200"]
+    argv += ["--sac.num-steps", "30", "--sac.total-steps", "120", "--sac.learning-starts", "60"]
+    argv += ["--sac.batch-size", "16", "--sac.buffer-size", "120", "--sac.hidden", "8", "8"]
+    argv += ["--snapshot-every", "30", "--buffer-sizes", "10", "--mmd-samples", "20"]
+    argv += ["--continual.steps-per-task", "4", "--continual.batch-size", "16"]
+    argv += ["--continual.hidden", "8", "8", "--continual.eval-episodes", "1"]
+    argv += ["--continual.num-neighbours", "4", "--continual.dynamics.total-steps", "2"]
+    argv += ["--continual.dynamics.hidden", "8", "--heads", "multi"]
+    argv += ["--arms", "OER (MBES + DBC)", "single-task"]
+    results = run_study("oer", tmp_path / "study", *argv)
+    assert set(results["summary"]) == {"OER (MBES + DBC), multi-head", "single-task, multi-head"}
+    assert set(results["mmd"]) == {"OER (MBES + DBC), multi-head"}
+    assert np.shape(results["R"]["single-task, multi-head"]) == (5, 5)
+    assert (tmp_path / "study" / "R.png").exists()
+    assert len(list((tmp_path / "minari").rglob("metadata.json"))) == 5
+
+
+def test_oer_sequences_are_valid_env_params():
+    import envs
+    from experiments.oer import SEQUENCES
+
+    for env_name, tasks in SEQUENCES.values():
+        params = [envs.make(env_name, **kwargs)[1] for kwargs in tasks.values()]
+        assert len({str(p) for p in params}) == len(params) >= 4

@@ -91,11 +91,14 @@ def with_snapshots(
     )
 
 
-def medium_snapshot(evals: np.ndarray, expert_return: float) -> int:
-    """The stage closest to a third of ``expert_return`` up to the first stage that reaches it."""
-    reached = np.flatnonzero(evals >= expert_return / 3)
+def medium_snapshot(evals: np.ndarray, expert_return: float, random_return: float = 0.0) -> int:
+    """The stage closest to a third of the way from ``random_return`` to ``expert_return`` (D4RL:
+    a third of the expert's, random 0) up to the first stage that reaches it (returns that can
+    be negative, e.g. velocity tracking, need the random return)."""
+    target = random_return + (expert_return - random_return) / 3
+    reached = np.flatnonzero(evals >= target)
     last = reached[0] if reached.size else evals.size - 1
-    return int(np.argmin(np.abs(evals[: last + 1] - expert_return / 3)))
+    return int(np.argmin(np.abs(evals[: last + 1] - target)))
 
 
 def uniform_policy(low: Any, high: Any) -> Policy:

@@ -1,0 +1,272 @@
+"""Continual offline RL with offline experience replay (OER): a task sequence, dataset after
+dataset, learned by every method of ``agents.oer``, with forgetting measured.
+
+    python -m experiments.oer                                   # cheetah-vel, medium datasets
+    python -m experiments.oer --sequence walker-dir --level medium-random --out results/oer_walker
+    python -m experiments.oer --buffer-sizes 100 1000 5000      # the buffer-size sweep
+    python -m experiments.oer --heads single multi              # multi-head variants too
+
+Each task's offline dataset is made here (``experiments.study.task_datasets``: SAC on the
+task's params, D4RL-style levels, stored as Minari datasets) and reused. Every arm learns the
+tasks in order, all seeds in one vmapped program per task, checkpointed after every task (a
+stopped run resumes). After each task every arm is evaluated on every task: the normalised
+return matrix R (per task: 0 = uniformly random actions, 100 = the SAC expert that made its
+data), from which the summary reports average performance after the last task, backward
+transfer, forgetting and forward transfer (against single-task TD3+BC from scratch), and, for the
+replaying arms, the squared MMD between each past task's buffer and the final policy's own
+states on that task, next to a uniformly drawn buffer of the same size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import numpy as np
+import tyro
+
+import envs
+from agents.dynamics import DynamicsConfig
+from agents.oer import ContinualConfig, make_continual, mmd, select_random, transfer_metrics
+from agents.replay.datasets import collect
+from agents.sac import SACConfig
+from experiments.plots import figure, plot_curves, plot_intervals
+from experiments.runner import RunFolder, fmt_ci, iqm, iqm_ci, run_chunked
+from experiments.study import Study, StudyArgs, config_dict, task_datasets
+
+SEQUENCES: dict[str, tuple[str, dict[str, dict[str, float]]]] = {
+    "cheetah-vel": (  # MACAW's cheetah-vel: target speeds in [0, 3] m/s
+        "HalfCheetah",
+        {f"velocity {v:g}": {"target_velocity": v} for v in (0.5, 1.0, 1.5, 2.0, 2.5)},
+    ),
+    "walker-dir": (  # directions, and each at a 1 m/s target speed
+        "Walker2d",
+        {
+            "forward": {"direction": 1.0},
+            "backward": {"direction": -1.0},
+            "forward 1": {"direction": 1.0, "target_velocity": 1.0},
+            "backward 1": {"direction": -1.0, "target_velocity": 1.0},
+        },
+    ),
+    "mixed": (  # running (forward, backward) and speed tracking, interleaved
+        "HalfCheetah",
+        {
+            "forward": {"direction": 1.0},
+            "velocity 1": {"target_velocity": 1.0},
+            "backward": {"direction": -1.0},
+            "velocity 2": {"target_velocity": 2.0},
+            "backward 1": {"direction": -1.0, "target_velocity": 1.0},
+        },
+    ),
+}
+#: arm -> (method, selection)
+ARMS = {
+    "fine-tuning": ("finetune", "random"),
+    "EWC": ("ewc", "random"),
+    "ER (random)": ("replay", "random"),
+    "ER (MBES)": ("replay", "mbes"),
+    "OER (MBES + DBC)": ("oer", "mbes"),
+    "joint": ("joint", "random"),
+    "single-task": ("scratch", "random"),
+}
+
+
+@dataclasses.dataclass
+class Args(StudyArgs):
+    out: str = "results/oer"
+    sequence: Literal["cheetah-vel", "walker-dir", "mixed"] = "cheetah-vel"
+    level: Literal["medium", "medium-random", "expert", "random"] = "medium"
+    datasets: str = "results/oer/datasets"  # the SAC runs that make the datasets
+    dataset_root: str | None = None  # Minari root; default $MINARI_DATASETS_PATH or ~/.minari
+    dataset_steps: int = 50_000  # transitions per task (the reference: 1M)
+    sac: SACConfig = dataclasses.field(
+        default_factory=lambda: SACConfig(
+            total_steps=30_000, learning_starts=5_000, buffer_size=30_000
+        )
+    )
+    snapshot_every: int = 5_000  # env steps between the SAC snapshots the levels come from
+    episode_steps: int = 1000
+    arms: tuple[str, ...] = tuple(ARMS)
+    heads: tuple[Literal["single", "multi"], ...] = ("single",)
+    buffer_sizes: tuple[int, ...] = (1_000,)  # replaying arms run at each size
+    continual: ContinualConfig = dataclasses.field(
+        default_factory=lambda: ContinualConfig(
+            steps_per_task=10_000,
+            batch_size=256,
+            eval_episodes=5,
+            dynamics=DynamicsConfig(total_steps=5_000),
+        )
+    )  # CPU scale; the reference: 150k steps per task at batch 1024, 500k dynamics steps
+    mmd_samples: int = 1_000  # states per side of each MMD
+
+
+def main(args: Args) -> dict:
+    unknown = set(args.arms) - set(ARMS)
+    if unknown:
+        raise ValueError(f"unknown arm(s) {sorted(unknown)}; choose from {list(ARMS)}")
+    env_name, tasks = SEQUENCES[args.sequence]
+    names = list(tasks)
+    study = Study("oer", args)
+    data = task_datasets(
+        args.datasets, args.sequence, env_name, tasks, args.level, args.sac, args.dataset_steps,
+        args.snapshot_every, 10, args.episode_steps, args.seed, args.progress, args.dataset_root,
+    )  # fmt: skip
+    env, default = envs.make(env_name, max_steps_in_episode=args.episode_steps)
+    task_params = [default.replace(**tasks[n]) for n in names]
+    datasets, refs = [data[n][0] for n in names], [data[n][1] for n in names]
+
+    runs = []  # (label, arm, heads, buffer size)
+    for heads in args.heads:
+        for arm in args.arms:
+            replays = ARMS[arm][0] in ("replay", "oer")
+            suffix = "" if heads == "single" else ", multi-head"
+            for size in args.buffer_sizes if replays else (args.continual.buffer_size,):
+                at = f", buffer {size}" if replays and len(args.buffer_sizes) > 1 else ""
+                runs.append((f"{arm}{suffix}{at}", arm, heads, size))
+
+    scores, returns, states, walls, learners = {}, {}, {}, {}, {}
+    for label, arm, heads, size in runs:
+        method, selection = ARMS[arm]
+        config = args.continual.replace(
+            method=method, selection=selection, heads=heads, buffer_size=size
+        )
+        learner = make_continual(config, datasets, env, task_params, refs, names)
+        slug = label.lower().replace(" ", "-").replace(",", "").replace("(", "").replace(")", "")
+        keep = ("seed", "seeds", "sequence", "level", "dataset_steps", "sac", "episode_steps")
+        run_config = {k: config_dict(getattr(args, k)) for k in keep}
+        folder = RunFolder(
+            study.path / "runs" / slug, run_config | {"continual": config_dict(config)}
+        )
+        state, metrics, timing = run_chunked(
+            learner, study.key("continual", label), args.seeds, folder, 1, args.progress
+        )
+        scores[label], returns[label] = metrics["score"], metrics["return"]  # [S, T, T]
+        states[label], learners[label] = state, learner
+        walls[label] = timing["compile_s"] + timing["run_s"]
+
+    single = next((s for k, s in scores.items() if k.startswith("single-task")), None)
+    single_diag = None if single is None else np.diagonal(single, axis1=1, axis2=2)
+    summary = {}
+    for label, r in scores.items():
+        m = transfer_metrics(r, single_diag)
+        m["new task"] = np.diagonal(r, axis1=1, axis2=2).mean(-1)  # right after learning each
+        summary[label] = {k: iqm_ci(v) for k, v in m.items()} | {"per_seed": m}
+    distances = {
+        label: buffer_distances(args, env, task_params, learners[label], states[label], datasets)
+        for label, arm, _, _ in runs
+        if ARMS[arm][0] in ("replay", "oer")
+    }
+    results = {
+        "sequence": args.sequence,
+        "env": env_name,
+        "tasks": tasks,
+        "level": args.level,
+        "ref_scores": dict(zip(names, refs)),
+        "R": {
+            k: [[iqm(v[:, i, j]) for j in range(len(names))] for i in range(len(names))]
+            for k, v in scores.items()
+        },
+        "summary": {k: {m: v for m, v in s.items() if m != "per_seed"} for k, s in summary.items()},
+        "mmd": {k: {m: iqm_ci(v) for m, v in d.items()} for k, d in distances.items()},
+        "wall_s_per_arm": walls,
+        "per_seed": {"score": scores, "return": returns, "mmd": distances},
+    }
+    plot_heatmaps(study.path / "R.png", results["R"], names)
+    plot_intervals(
+        study.path / "average.png",
+        {k: s["per_seed"]["average"] for k, s in summary.items()},
+        "average normalised score after the last task",
+    )
+    for j, name in enumerate(names):
+        curves = {k: v[:, :, j] for k, v in scores.items()}
+        plot_curves(
+            study.path / f"task_{j}.png", np.arange(1, len(names) + 1), curves,
+            "tasks learned", f"normalised score on {name}", f"{args.sequence}: task {j} ({name})",
+        )  # fmt: skip
+    return study.finish(results, _summary(args, names, results))
+
+
+def buffer_distances(args, env, task_params, learner, state, datasets) -> dict[str, np.ndarray]:
+    """Per seed [S]: the mean over past tasks of the squared MMD between the kept buffer's
+    states and the final policy's own states on that task (``buffer``), and the same for a
+    uniformly drawn buffer of the same size (``random``), in the learner's units."""
+    size = int(state.buffer.filled[0]) // len(datasets)
+    units = learner.policy.spec["units"]
+    normalize = lambda x: (np.asarray(x) - units["obs_mean"]) / np.asarray(units["obs_std"])
+    steps = max(args.mmd_samples // 10, 1)
+
+    @jax.jit
+    def own_states(params, env_params, key):  # [steps * 10, D] of the greedy policy
+        act = lambda obs, k: learner.policy.act(params, (), obs, k, True)[1]
+        obs = collect(key, env, env_params, act, steps, 10).obs
+        return obs.reshape(-1, obs.shape[-1])
+
+    out = {"buffer": np.zeros(args.seeds), "random": np.zeros(args.seeds)}
+    past = range(len(datasets) - 1)  # the last task's buffer is never replayed
+    for s in range(args.seeds):
+        params = jax.tree.map(lambda x, s=s: x[s], learner.policy_params(state))
+        for t in past:
+            own = normalize(own_states(params | {"head": t}, task_params[t], jax.random.key(s)))
+            kept = state.buffer.data.obs[s, t * size : (t + 1) * size]
+            n = datasets[t].reward.shape[0]
+            drawn = np.asarray(datasets[t].obs)[
+                np.asarray(select_random(jax.random.key(t), n, n, size))
+            ]
+            out["buffer"][s] += float(mmd(kept, own)) / len(past)
+            out["random"][s] += float(mmd(normalize(drawn), own)) / len(past)
+    return out
+
+
+def plot_heatmaps(path, matrices: dict[str, list[list[float]]], names: list[str]) -> None:
+    """One heatmap of R (IQM over seeds; row: tasks learned, column: task evaluated) per arm."""
+    cols = min(len(matrices), 4)
+    rows = -(-len(matrices) // cols)
+    with figure(path, ncols=cols, nrows=rows, size=(4.2, 3.8)) as axes:
+        axes = np.ravel([axes])
+        for ax, (label, r) in zip(axes, matrices.items()):
+            image = ax.imshow(np.asarray(r), vmin=0, vmax=100, cmap="viridis")
+            for (i, j), v in np.ndenumerate(np.asarray(r)):
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="w")
+            ax.set_title(label, fontsize=9)
+            ax.set_xlabel("evaluated on task")
+            ax.set_ylabel("after learning task")
+            ax.set_xticks(range(len(names)))
+            ax.set_yticks(range(len(names)))
+            ax.figure.colorbar(image, ax=ax, shrink=0.8)
+        for ax in axes[len(matrices) :]:
+            ax.axis("off")
+
+
+def _summary(args: Args, names: list[str], r: dict) -> str:
+    lines = [
+        f"# OER: continual offline RL on {args.sequence} ({args.level}; {args.seeds} seeds, IQM "
+        "[95% CI])\n",
+        f"Tasks in order: {', '.join(names)}; {args.continual.steps_per_task} TD3+BC steps per "
+        f"task at batch {args.continual.batch_size}; {args.dataset_steps} transitions per task.\n",
+        "| arm | average after the last task | backward transfer | forgetting | forward transfer"
+        " | score right after learning |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, s in r["summary"].items():
+        cell = lambda k, s=s: fmt_ci(s[k], 1) if k in s else "-"
+        lines.append(
+            f"| {label} | {cell('average')} | {cell('bwt')} | {cell('forgetting')} | "
+            f"{cell('fwt')} | {cell('new task')} |"
+        )
+    if r["mmd"]:
+        lines += [
+            "\nSquared MMD between each past task's buffer and the final policy's states on it "
+            "(lower: closer to the policy's own distribution):\n",
+            "| arm | kept buffer | uniform buffer of the same size |",
+            "|---|---|---|",
+            *(
+                f"| {k} | {fmt_ci(d['buffer'], 3)} | {fmt_ci(d['random'], 3)} |"
+                for k, d in r["mmd"].items()
+            ),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
