@@ -92,10 +92,10 @@ class Args(StudyArgs):
     buffer_sizes: tuple[int, ...] = (1_000,)  # replaying arms run at each size
     continual: ContinualConfig = dataclasses.field(
         default_factory=lambda: ContinualConfig(
-            steps_per_task=10_000,
+            steps_per_task=3_000,
             batch_size=256,
             eval_episodes=5,
-            dynamics=DynamicsConfig(total_steps=5_000),
+            dynamics=DynamicsConfig(total_steps=2_000),
         )
     )  # CPU scale; the reference: 150k steps per task at batch 1024, 500k dynamics steps
     mmd_samples: int = 1_000  # states per side of each MMD

@@ -359,7 +359,16 @@ def task_datasets(
                 },
             )
     out = {}
+    made = {"sac": config_dict(SACConfig() if sac is None else sac)}
     for name in tasks:
         data, meta = load_dataset(ids[name], dataset_root)
+        made["env_kwargs"] = {"max_steps_in_episode": episode_steps, **dict(tasks[name])}
+        for field, wanted in made.items():
+            if json.dumps(meta.get(field), sort_keys=True) != json.dumps(wanted, sort_keys=True):
+                raise ValueError(
+                    f"task {name!r}: the stored dataset {ids[name]} was made with {field}="
+                    f"{meta.get(field)}, not {wanted}; delete {meta['path']} to remake it, or "
+                    "give another dataset root"
+                )
         out[name] = (data, (float(meta["ref_min_score"]), float(meta["ref_max_score"])))
     return out

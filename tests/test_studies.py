@@ -19,6 +19,7 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import experiments
 
@@ -340,6 +341,17 @@ def test_oer(tmp_path):
     assert np.shape(results["R"]["single-task, multi-head"]) == (5, 5)
     assert (tmp_path / "study" / "R.png").exists()
     assert len(list((tmp_path / "minari").rglob("metadata.json"))) == 5
+
+    from agents.sac import SACConfig
+    from experiments.oer import SEQUENCES
+    from experiments.study import task_datasets
+
+    sac = SACConfig(num_steps=30, total_steps=150, learning_starts=60, hidden=(8, 8))
+    with pytest.raises(ValueError, match=r"made with sac=.*delete"):  # stored for other settings
+        task_datasets(
+            tmp_path / "runs", "cheetah-vel", *SEQUENCES["cheetah-vel"], "medium", sac, 200,
+            30, 10, 30, dataset_root=tmp_path / "minari",
+        )  # fmt: skip
 
 
 def test_oer_sequences_are_valid_env_params():
