@@ -82,9 +82,9 @@ class Args(StudyArgs):
     dataset_steps: int = 50_000  # transitions per task (the reference: 1M)
     sac: SACConfig = dataclasses.field(
         default_factory=lambda: SACConfig(
-            total_steps=30_000, learning_starts=5_000, buffer_size=30_000
+            total_steps=150_000, learning_starts=5_000, buffer_size=150_000
         )
-    )
+    )  # 30k steps were too few for velocity tracking (see the README)
     snapshot_every: int = 5_000  # env steps between the SAC snapshots the levels come from
     episode_steps: int = 1000
     arms: tuple[str, ...] = tuple(ARMS)
