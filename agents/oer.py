@@ -296,8 +296,8 @@ class ContinualState(NamedTuple):
     target_critic: Any
     clone: TrainState  # OER's evaluated policy (carried, untrained, by the other methods)
     buffer: Buffer
-    fisher: Any  # EWC: summed diagonal Fisher of (actor, critic) params
-    anchor: Any  # EWC: (actor, critic) params after the last task
+    fisher: Any  # EWC: summed diagonal Fisher of (actor, critic) params (else ())
+    anchor: Any  # EWC: (actor, critic) params after the last task (else ())
     task: jax.Array  # [] int32: tasks learned
     key: jax.Array
 
@@ -444,9 +444,12 @@ def make_continual(
             jnp.zeros((capacity, 2)),
             jnp.int32(0),
         )
-        zeros = jax.tree.map(jnp.zeros_like, (a.params, c.params))
         copy = jax.tree.map(jnp.copy, (a.params, c.params))
-        return ContinualState(a, c, copy[0], copy[1], clone, buffer, zeros, copy, jnp.int32(0), key)
+        ewc = config.method == "ewc"  # only EWC carries a Fisher and an anchor
+        fisher = jax.tree.map(jnp.zeros_like, copy) if ewc else ()
+        anchor = copy if ewc else ()
+        task = jnp.int32(0)
+        return ContinualState(a, c, copy[0], copy[1], clone, buffer, fisher, anchor, task, key)
 
     def td_loss(params, state, data: Transition, head, key) -> tuple[jax.Array, jax.Array]:
         noise = jnp.clip(

@@ -33,8 +33,10 @@ import numpy as np
 
 import envs
 from agents.core import Agent, Policy, batched, export_policy, load_policy
+from agents.evaluation import evaluate
 from agents.replay import Transition
-from agents.replay.datasets import collect
+from agents.replay.datasets import collect, dataset_path, load_dataset, save_dataset
+from agents.replay.levels import medium_snapshot, uniform_policy, with_snapshots
 from agents.sac import SACConfig, make_sac
 from experiments.runner import RunFolder, iqm_ci, run_chunked, write_atomic
 
@@ -266,10 +268,6 @@ def task_datasets(
     best snapshot, ``medium`` the one closest to a third of the way from the random return to
     the expert's (up to the first that reaches it), both sampled; ``random`` uniform actions;
     ``medium-random`` half medium, half random episodes (OER's)."""
-    from agents.evaluation import evaluate
-    from agents.replay.datasets import dataset_path, load_dataset, save_dataset
-    from agents.replay.levels import medium_snapshot, uniform_policy, with_snapshots
-
     if level not in TASK_LEVELS:
         raise ValueError(f"level={level!r}: choose one of {TASK_LEVELS}")
     slug = lambda name: name.replace(", ", "-").replace(" ", "-").replace(".", "_")
