@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -157,8 +158,15 @@ class Checkpointer:
             ),
         )
         config_path = self.directory / CONFIG_FILE
-        if jax.process_index() == 0 and not config_path.exists():
-            _write_json(config_path, self.config)
+        if not config_path.exists():
+            if self._manager.all_steps():  # no record to compare with: refuse, never guess
+                raise CheckpointError(
+                    f"{self.directory} holds checkpoints {sorted(self._manager.all_steps())} "
+                    f"but no {CONFIG_FILE} recording the config they were trained with; restore "
+                    "that file, or delete the checkpoints to train from scratch."
+                )
+            if jax.process_index() == 0:
+                _write_json(config_path, self.config)
 
     def all_steps(self) -> list[int]:
         """Steps of the checkpoints kept in the directory, ascending."""
@@ -249,18 +257,26 @@ class Checkpointer:
 
 
 def save_params(directory: str | os.PathLike, params: PyTree, metadata: Mapping[str, Any]) -> None:
-    """Export ``params`` and JSON ``metadata`` (architecture, sizes) to a new ``directory``."""
+    """Export ``params`` and JSON ``metadata`` (architecture, sizes) to a new ``directory``; the
+    directory appears complete or not at all."""
     directory = Path(directory).absolute()
     meta = _to_json(metadata, "metadata")
     if directory.exists() and any(directory.iterdir()):
         raise CheckpointError(f"{directory} is not empty; export the policy to a fresh directory.")
     if any(_is_typed_key(x) for x in jax.tree.leaves(params)):
         raise ValueError("params hold a PRNG key; export network parameters only.")
-    directory.mkdir(parents=True, exist_ok=True)
+    # written beside the target and renamed into place: a kill leaves no half-written export
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    partial = directory.parent / f".{directory.name}.partial"
+    if jax.process_index() == 0 and partial.exists():
+        shutil.rmtree(partial)  # an earlier export that was killed
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
-        checkpointer.save(directory / POLICY_PARAMS, args=ocp.args.StandardSave(params))
+        checkpointer.save(partial / POLICY_PARAMS, args=ocp.args.StandardSave(params))
     if jax.process_index() == 0:
-        _write_json(directory / POLICY_METADATA, meta)
+        _write_json(partial / POLICY_METADATA, meta)
+        if directory.exists():
+            directory.rmdir()  # empty (checked above)
+        os.replace(partial, directory)
 
 
 def load_params(directory: str | os.PathLike) -> tuple[PyTree, dict[str, Any]]:

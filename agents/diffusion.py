@@ -28,7 +28,6 @@ sampling, clipped after every step).
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -41,7 +40,7 @@ from flax import struct
 from flax.training.train_state import TrainState
 from tqdm import tqdm
 
-from agents.hparams import require, require_fields, static, sweepable
+from agents.hparams import check_fits, require, require_fields, static, sweepable
 from agents.networks import ResidualMLP, activation_fn, torch_dense
 from envs.core import is_concrete
 from envs.wrappers import Normalizer
@@ -157,33 +156,6 @@ def check_data(data: Any, data_dim: int | None = None, what: str = "data") -> No
                 f"dimension {cols[0]} (in {len(set(cols.tolist()))} dimensions); remove or "
                 "repair those examples before fitting"
             )
-
-
-def available_memory(device: jax.Device | None = None) -> int:
-    """Bytes free for new arrays on ``device`` (the default device): its allocator's headroom on
-    accelerators, ``MemAvailable`` of the host on CPU."""
-    device = device or jax.devices()[0]
-    stats = device.memory_stats() if device.platform != "cpu" else None
-    if stats and "bytes_limit" in stats:
-        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def check_fits(num_bytes: int, what: str, fix: str, device: jax.Device | None = None) -> None:
-    """Raise a ValueError if ``num_bytes`` exceed the memory ``available_memory`` reports."""
-    free = available_memory(device)
-    require(
-        num_bytes <= free,
-        f"{what} needs about {num_bytes / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB is "
-        f"free; {fix}",
-    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ progress, checkpoints and resumption).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -24,7 +25,7 @@ from flax.training.train_state import TrainState
 
 from agents.core import Agent, Policy, no_carry, policy_spec
 from agents.gae import gae
-from agents.hparams import require, require_fields, static, sweepable
+from agents.hparams import check_fits, require, require_fields, static, sweepable
 from agents.networks import ActorCritic, RecurrentActorCritic, activation_fn
 from envs.core import spaces
 from envs.wrappers import EpisodeStats, episode_metrics
@@ -70,6 +71,14 @@ class PPOConfig:
             f"total_steps={self.total_steps} is smaller than one rollout batch "
             f"(num_envs * num_steps = {self.batch_size}); raise total_steps",
         )
+        trained = self.num_updates * self.batch_size
+        if self.total_steps - trained > 0.01 * self.total_steps:  # say so when it matters
+            warnings.warn(
+                f"PPOConfig.total_steps={self.total_steps} is not a whole number of rollout "
+                f"batches (num_envs * num_steps = {self.batch_size}): {trained} steps are "
+                f"trained; use {trained} or {trained + self.batch_size} to silence this",
+                stacklevel=2,
+            )
         if self.recurrent:
             require(
                 self.num_envs % self.num_minibatches == 0,
@@ -183,6 +192,14 @@ def make_ppo(config: PPOConfig, env: Any, env_params: Any) -> Agent:
     network = _network(action_dim, discrete, *net_args)
     memory = config.gru_hidden if config.recurrent else 0
     num_envs, num_steps = config.num_envs, config.num_steps
+    # one rollout (obs, next obs for the final value, action, reward, flags, value, log-prob)
+    floats = num_steps * num_envs * (2 * obs_dim[0] + action_dim + 6 + memory)
+    require(
+        floats < 2**31,
+        f"num_envs * num_steps = {config.batch_size} steps of {obs_dim[0]} observations are "
+        f"{floats:.2e} numbers in one rollout, past what XLA indexes (2^31); use fewer envs",
+    )
+    check_fits(4 * floats, "one PPO rollout", "lower ppo.num_envs or ppo.num_steps")
 
     def apply(params, carry, obs, resets):
         """carry [B, H], obs [T, B, D], resets [T, B] -> (carry, dist over [T, B], value [T, B])."""

@@ -33,11 +33,10 @@ from agents.diffusion import (
     Diffusion,
     DiffusionConfig,
     DiffusionState,
-    check_fits,
     fit,
     make_diffusion,
 )
-from agents.hparams import require, static
+from agents.hparams import check_fits, require, static
 from agents.replay import Transition
 from agents.replay.synthetic import (
     check_transitions,

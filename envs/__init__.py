@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from envs import platform as _platform
 
@@ -69,5 +71,15 @@ def make(
             f"{name}: unknown parameter(s) {sorted(unknown)}; "
             f"valid: {sorted(params.__dataclass_fields__)}"
         )
+    for key, value in param_overrides.items():
+        default = getattr(params, key)
+        numeric = isinstance(default, int | float | np.ndarray | jax.Array)
+        if numeric and not isinstance(default, bool) and isinstance(value, str | dict):
+            raise ValueError(
+                f"{name}: parameter {key}={value!r} must be a number (default {default!r})"
+            )
     arrays = {k: jnp.asarray(v) if isinstance(v, list) else v for k, v in param_overrides.items()}
-    return env, params.replace(**arrays)
+    params = params.replace(**arrays)
+    if hasattr(env, "check_params"):  # checked here, while concrete: training sees them traced
+        env.check_params(params)
+    return env, params

@@ -77,15 +77,19 @@ class EpisodeStats(Wrapper, LogWrapper):
 
 def episode_metrics(info: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """Mean ``return`` and ``length`` of the episodes that ended in a batch of ``EpisodeStats``
-    infos (any leading shape, e.g. [T, E]), and their number ``episodes``; NaN when none did."""
+    infos (any leading shape, e.g. [T, E]), and their number ``episodes``; NaN when none did.
+    Continuous envs add ``clipped_actions``: action entries outside the box in the batch."""
     finished = info["returned_episode"]
     num = finished.sum()
     mean = lambda x: jnp.where(num > 0, (x * finished).sum() / jnp.maximum(num, 1), jnp.nan)
-    return {
+    metrics = {
         "episodes": num,
         "return": mean(info["returned_episode_returns"]),
         "length": mean(info["returned_episode_lengths"]),
     }
+    if "clipped_actions" in info:  # continuous envs: action entries clipped into the box
+        metrics["clipped_actions"] = info["clipped_actions"].sum()
+    return metrics
 
 
 @struct.dataclass

@@ -71,6 +71,8 @@ class GoalArgs(Args):
 
 def main(args: MemoryArgs | GoalArgs) -> dict:
     study, task = Study("cultural_in_context", args), args.task
+    if (done := study.finished()) is not None:
+        return done
     G, T, S = args.generations, args.num_trials, args.seeds
     for mode in args.demo_from:  # settings errors before any training
         InContextConfig(G, args.population, mode).validate()

@@ -87,6 +87,8 @@ def _generations(study, name, state, update, total, log):
 
 def main(args: MemoryArgs | GoalArgs) -> dict:
     study, task = Study("cultural_in_weights", args), args.task
+    if (done := study.finished()) is not None:
+        return done
     G, S, C = args.generations, args.seeds, len(CONDITIONS)
     cfg = InWeightsConfig(args.ppo, G, args.population, args.num_demos, args.eval_episodes)
     env, params = task.in_weights(args.num_demos)

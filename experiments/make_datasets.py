@@ -29,7 +29,7 @@ import tyro
 import envs
 from agents.core import export_policy
 from agents.evaluation import evaluate
-from agents.replay.datasets import D4RL_REF_SCORES, dataset_path, save_dataset
+from agents.replay.datasets import D4RL_REF_SCORES, dataset_complete, dataset_path, save_dataset
 from agents.replay.levels import (
     LEVELS,
     level_stats,
@@ -40,8 +40,8 @@ from agents.replay.levels import (
 )
 from agents.sac import SACConfig, make_sac, replay_contents
 from experiments.plots import plot_curves
-from experiments.runner import RunFolder, write_atomic
-from experiments.study import Study, StudyArgs, config_dict, train_policy
+from experiments.runner import RunFolder, stored_results, write_atomic
+from experiments.study import Study, StudyArgs, config_dict, parse_env_kwargs, train_policy
 
 TASKS = {"halfcheetah": "HalfCheetah", "hopper": "Hopper", "walker2d": "Walker2d"}
 
@@ -98,15 +98,16 @@ class Args(StudyArgs):
 def make_task_datasets(study: Study, args: Args, task: str) -> dict:
     """Train (or resume) SAC on ``task`` and save its missing datasets; returns the summary."""
     ids = {level: f"skill-agents/{task}-{level}-v{args.version}" for level in LEVELS}
-    missing = [lvl for lvl, i in ids.items() if not dataset_path(i, args.root).exists()]
+    missing = [lvl for lvl, i in ids.items() if not dataset_complete(i, args.root)]
     # the run folder records only what changes the training, so any level can be remade
     keep = ("seed", "env_kwargs", "sac", "snapshot_every", "eval_episodes")
     config = {"experiment": "make_datasets", "task": task}
     folder = RunFolder(study.path / task, config | {k: config_dict(getattr(args, k)) for k in keep})
-    if not missing and (folder.path / "results.json").exists():
+    done = stored_results(folder.path / "results.json")
+    if not missing and done is not None:
         print(f"{task}: all datasets exist, skipping")
-        return json.loads((folder.path / "results.json").read_text())
-    env_kwargs = json.loads(args.env_kwargs)
+        return done
+    env_kwargs = parse_env_kwargs(args.env_kwargs)
     env, env_params = envs.make(TASKS[task], **env_kwargs)
     sac = make_sac(args.sac, env, env_params)
     per_stage = args.snapshot_every // args.sac.steps_per_update
@@ -235,6 +236,8 @@ def main(args: Args) -> dict:
     """Make the datasets of every task in ``args.tasks``; returns their summaries."""
     args.validate()
     study = Study("make_datasets", args)
+    if (done := study.finished()) is not None:
+        return done
     results = {task: make_task_datasets(study, args, task) for task in args.tasks}
     return study.finish(results, "\n".join(_summary(t, r) for t, r in results.items()))
 

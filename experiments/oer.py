@@ -82,9 +82,9 @@ class Args(StudyArgs):
     dataset_steps: int = 50_000  # transitions per task (the reference: 1M)
     sac: SACConfig = dataclasses.field(
         default_factory=lambda: SACConfig(
-            total_steps=150_000, learning_starts=5_000, buffer_size=150_000
+            total_steps=60_000, learning_starts=5_000, buffer_size=60_000
         )
-    )  # 30k steps were too few for velocity tracking (see the README)
+    )  # about 55 min for five tasks on 2 cores; 30k steps were too few (see the README)
     snapshot_every: int = 5_000  # env steps between the SAC snapshots the levels come from
     episode_steps: int = 1000
     arms: tuple[str, ...] = tuple(ARMS)
@@ -108,6 +108,8 @@ def main(args: Args) -> dict:
     env_name, tasks = SEQUENCES[args.sequence]
     names = list(tasks)
     study = Study("oer", args)
+    if (done := study.finished()) is not None:
+        return done
     data = task_datasets(
         args.datasets, args.sequence, env_name, tasks, args.level, args.sac, args.dataset_steps,
         args.snapshot_every, 10, args.episode_steps, args.seed, args.progress, args.dataset_root,

@@ -29,7 +29,7 @@ from agents.iql import IQLConfig, make_iql
 from agents.replay.datasets import episode_returns, load_dataset, normalized_score
 from agents.td3_bc import TD3BCConfig, make_td3_bc
 from experiments.plots import plot_curves
-from experiments.runner import RunFolder, fmt_ci, iqm_ci, write_atomic
+from experiments.runner import RunFolder, fmt_ci, iqm_ci, stored_results, write_atomic
 from experiments.study import Study, StudyArgs, config_dict, train_policy
 
 ALGOS = {"td3_bc": ("TD3+BC", make_td3_bc), "iql": ("IQL", make_iql)}
@@ -107,12 +107,19 @@ class Args(StudyArgs):
 def run_one(study: Study, args: Args, algo: str, task: str, level: str) -> dict:
     """Train ``args.seeds`` seeds of ``algo`` on one dataset (or read its finished results)."""
     path = study.path / algo / f"{task}-{level}"
-    if (path / "results.json").exists():
+    done = stored_results(path / "results.json")
+    if done is not None:
         print(f"{algo} {task}-{level}: done, skipping")
-        return json.loads((path / "results.json").read_text())
+        return done
     dataset_id = f"skill-agents/{task}-{level}-v{args.version}"
     transitions, meta = load_dataset(dataset_id, args.root)
-    env, env_params = envs.make(meta["env_name"], **meta["env_kwargs"])
+    if meta["env_name"] is None:
+        raise ValueError(
+            f"{meta['path']} records no env_name (a Minari dataset made elsewhere): this study "
+            "evaluates in an env built with envs.make(env_name, **env_kwargs); store them with "
+            "agents.replay.datasets.save_dataset(..., env_name=..., env_kwargs=...)"
+        )
+    env, env_params = envs.make(meta["env_name"], **(meta["env_kwargs"] or {}))
     refs = (meta["ref_min_score"], meta["ref_max_score"])
     config = args.config(algo)
     name = ALGOS[algo][0]
@@ -190,6 +197,8 @@ def main(args: Args) -> dict:
     """Run every (algo, task, level); write ``<out>/results.md``, ``results.json``, summary."""
     args.validate()
     study = Study("offline", args)
+    if (done := study.finished()) is not None:
+        return done
     rows = [
         run_one(study, args, algo, task, level)
         for task in args.tasks

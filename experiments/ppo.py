@@ -7,7 +7,6 @@ python -m experiments.ppo --env MemorySequence --ppo.recurrent --help
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import jax
 import numpy as np
@@ -18,7 +17,7 @@ from agents.evaluation import evaluate
 from agents.ppo import PPOConfig, make_ppo
 from experiments.plots import plot_curves
 from experiments.runner import final_score, fmt_ci, iqm_ci
-from experiments.study import Study, StudyArgs, train_policy
+from experiments.study import Study, StudyArgs, parse_env_kwargs, train_policy
 
 
 @dataclasses.dataclass
@@ -36,9 +35,12 @@ class Args(StudyArgs):
 
 def main(args: Args) -> dict:
     """Train, evaluate, plot and summarise; returns the headline figures."""
+    if args.eval_envs < 1:
+        raise ValueError(f"--eval-envs {args.eval_envs}: evaluate at least one episode per seed")
     study = Study("ppo", args)
-    env_kwargs = json.loads(args.env_kwargs)
-    env, env_params = envs.make(args.env, **env_kwargs)
+    if (done := study.finished()) is not None:
+        return done
+    env, env_params = envs.make(args.env, **parse_env_kwargs(args.env_kwargs))
     ppo = make_ppo(args.ppo, env, env_params)
     state, metrics, timing = train_policy(
         study.folder(), ppo, study.key("train"), args.seeds, args.updates_per_chunk, args.progress

@@ -91,6 +91,8 @@ class Args(StudyArgs):
 def main(args: Args) -> dict:
     behaviours = SHIFTS[args.shift]
     study = Study("psec", args, behaviours=behaviours)
+    if (done := study.finished()) is not None:
+        return done
     env, default = envs.make(ENV, max_steps_in_episode=args.episode_steps)
     task = lambda name: default.replace(**behaviours[name])
     first, *middle, target_name = behaviours

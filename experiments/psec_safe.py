@@ -80,6 +80,8 @@ class Args(StudyArgs):
 
 def main(args: Args) -> dict:
     study = Study("psec_safe", args)
+    if (done := study.finished()) is not None:
+        return done
     task = {"velocity_limit": args.velocity_limit}
     env, env_params = envs.make(ENV, max_steps_in_episode=args.episode_steps, **task)
     roles = {

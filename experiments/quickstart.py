@@ -102,6 +102,8 @@ def run(study: Study, name: str, config: PPOConfig, env_name: str, env_kwargs: d
 
 def main(args: Args) -> dict:
     study = Study("quickstart", args)
+    if (done := study.finished()) is not None:
+        return done
     memory_env = {**MEMORY, "sequence": MEMORY_SEQUENCE}
     grid = gridworld_config(args.gridworld_steps)
     results = {

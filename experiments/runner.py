@@ -13,12 +13,14 @@ bootstrap confidence intervals (rliable).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import tempfile
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,13 +34,17 @@ from agents.checkpoint import Checkpointer
 from agents.core import Agent
 
 __all__ = [
+    "DivergenceError",
+    "FolderBusy",
     "RunFolder",
     "final_score",
     "fmt_ci",
     "iqm",
     "iqm_ci",
+    "lock_folder",
     "run_chunked",
     "run_loop",
+    "stored_results",
     "write_atomic",
 ]
 
@@ -91,12 +97,71 @@ def _finite_or_none(x: Any) -> Any:
     return x
 
 
+class FolderBusy(RuntimeError):
+    """Another process is running in a run folder."""
+
+
+class DivergenceError(RuntimeError):
+    """Training produced non-finite or exploding losses or parameters; the run stopped."""
+
+
+_LOCKS: dict[Path, list[int]] = {}  # run folders this process holds: {path: [fd, holders]}
+
+
+def lock_folder(path: str | os.PathLike, holder: object) -> None:
+    """Lock ``path/.lock`` for as long as ``holder`` lives (several holders in one process
+    share it), or raise ``FolderBusy`` when another process holds it. A killed process's lock
+    goes with it."""
+    path = Path(path).absolute()
+    if path not in _LOCKS:
+        fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise FolderBusy(
+                f"another process (pid {pid}) is running in {path}; wait for it to finish, "
+                "or give this run another output folder (--out)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        _LOCKS[path] = [fd, 0]
+    _LOCKS[path][1] += 1
+    weakref.finalize(holder, _unlock, path)
+
+
+def _unlock(path: Path) -> None:
+    entry = _LOCKS.get(path)
+    if entry is not None:
+        entry[1] -= 1
+        if entry[1] == 0:
+            os.close(_LOCKS.pop(path)[0])  # closing the file releases the flock
+
+
+def stored_results(path: str | os.PathLike) -> dict | None:
+    """The finished run's results in ``path`` (a ``results.json``), or None when it is missing
+    or unreadable (then the run resumes from its checkpoints and writes it again)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        print(f"{path} is unreadable ({type(err).__name__}); recomputing it")
+        return None
+
+
 class RunFolder:
-    """The files of one run: config, metrics log, checkpoints, plots and results."""
+    """The files of one run: config, metrics log, checkpoints, plots and results.
+
+    One process at a time: the folder is locked while this object lives (``FolderBusy`` for a
+    second process)."""
 
     def __init__(self, path: str | Path, config: Mapping[str, Any]):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        lock_folder(self.path, self)
         self.config = json.loads(json.dumps(dict(config), sort_keys=True))
         config_file = self.path / "config.json"
         if not config_file.exists():
@@ -104,10 +169,21 @@ class RunFolder:
         self.metrics_file = self.path / "metrics.jsonl"
 
     def read_metrics(self, upto: int | None = None, index: str = "update") -> list[dict]:
-        """Metric lines with ``line[index] < upto`` (all when None)."""
+        """Metric lines with ``line[index] < upto`` (all when None). A torn last line (a kill
+        mid-write) is dropped; any other unreadable line raises a ValueError naming it."""
         if not self.metrics_file.exists():
             return []
-        lines = [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line]
+        text = self.metrics_file.read_text().splitlines()
+        lines = []
+        for number, line in enumerate(text, 1):
+            try:
+                lines.append(json.loads(line)) if line else None
+            except json.JSONDecodeError:
+                if number < len(text):
+                    raise ValueError(
+                        f"{self.metrics_file}, line {number}, is not JSON; delete the run "
+                        "folder to train again"
+                    ) from None
         return [m for m in lines if upto is None or m[index] < upto]
 
     def rewrite_metrics(self, lines: list[dict]) -> None:
@@ -126,6 +202,7 @@ def run_loop(
     chunk: int = 1,
     index: str = "update",
     on_chunk: Callable[[int, int, dict], None] | None = None,
+    loss_limit: float = 1e12,
 ) -> tuple[Any, list[dict]]:
     """Run ``state, metrics = step(state, start, n)`` over ``[0, total)`` in chunks, resumably.
 
@@ -134,8 +211,10 @@ def run_loop(
     ``metrics.jsonl`` and ``state`` is checkpointed; starting again with the same folder and
     config restores the last checkpoint (``state`` is the template) and continues. ``step``
     must be deterministic in ``(state, start, n)`` for a resumed run to equal an uninterrupted
-    one. ``on_chunk(start, n, metrics)`` runs after each chunk (progress, logging). Returns the
-    final state and every metrics line.
+    one. ``on_chunk(start, n, metrics)`` runs after each chunk (progress, logging). A chunk
+    whose metrics named ``*loss*`` are non-finite or past ``loss_limit`` in size raises
+    ``DivergenceError`` before anything of it is written: the last good checkpoint stays.
+    Returns the final state and every metrics line.
     """
     if total < 1 or chunk < 1:
         raise ValueError(f"total={total} and chunk={chunk} must be >= 1")
@@ -143,11 +222,19 @@ def run_loop(
     done = ckpt.latest_step() or 0
     if done:  # saved as {"state": state}: orbax stores no bare array
         state = ckpt.restore({"state": state}, done)["state"]
-    folder.rewrite_metrics(folder.read_metrics(upto=done, index=index))  # drop lines past it
+    kept = folder.read_metrics(upto=done, index=index)
+    if [m[index] for m in kept] != list(range(done)):
+        raise ValueError(
+            f"{folder.metrics_file} holds {len(kept)} of the {done} lines before the last "
+            f"checkpoint (step {done}): it was truncated or deleted. Restore it, or delete "
+            f"{ckpt.directory} to train again."
+        )
+    folder.rewrite_metrics(kept)  # drop lines past the checkpoint
     while done < total:
         n = min(chunk, total - done)
         state, metrics = jax.block_until_ready(step(state, done, n))
         metrics = jax.tree.map(np.asarray, metrics)
+        _check_losses(metrics, done, loss_limit, ckpt)
         lines = [
             {index: done + i, **{k: _finite_or_none(v[i].tolist()) for k, v in metrics.items()}}
             for i in range(n)
@@ -160,6 +247,31 @@ def run_loop(
     return state, folder.read_metrics(index=index)
 
 
+def _check_losses(metrics: dict, start: int, limit: float, ckpt: Checkpointer) -> None:
+    """Raise ``DivergenceError`` naming the first loss in ``metrics`` ({name: [n, ...]}) that is
+    non-finite or larger than ``limit`` in size: its update and the seeds (or runs) it hit."""
+    for name, value in metrics.items():
+        if "loss" not in name:
+            continue
+        value = np.asarray(value, np.float64).reshape(len(value), -1)  # [n, seeds...]
+        bad = ~np.isfinite(value) | (np.abs(value) > limit)
+        if bad.any():
+            step, _ = np.argwhere(bad)[0]
+            which = np.flatnonzero(bad[step]).tolist()
+            kept = ckpt.latest_step()
+            raise DivergenceError(
+                f"training diverged: {name} = {value[step, which[0]]:.3g} at update "
+                f"{start + step} (seed or run index {which} of the batch; limit +-{limit:g}). "
+                + (
+                    f"The last good checkpoint (step {kept}) is kept in {ckpt.directory}. "
+                    if kept
+                    else "No checkpoint was written. "
+                )
+                + "Lower the learning rate(s), check the reward scale and the data, and train "
+                "again in a fresh folder."
+            )
+
+
 def _nan_for_none(x: Any) -> Any:
     return [_nan_for_none(v) for v in x] if isinstance(x, list) else np.nan if x is None else x
 
@@ -170,8 +282,16 @@ def _chunk_program(agent: Agent, n: int) -> Any:
     reuses its compiled program."""
     programs = agent.__dict__.setdefault("_chunk_programs", {})
     if n not in programs:
-        scan = lambda s: jax.lax.scan(lambda s, _: agent.update(s), s, None, n)
-        programs[n] = jax.jit(jax.vmap(scan))
+
+        def chunk(state):  # -> (state, metrics, whether the policy's parameters are finite)
+            state, metrics = jax.lax.scan(lambda s, _: agent.update(s), state, None, n)
+            finite = jnp.array(True)
+            for x in jax.tree.leaves(agent.policy_params(state)):
+                if jnp.issubdtype(x.dtype, jnp.floating):
+                    finite &= jnp.isfinite(x).all()
+            return state, metrics, finite
+
+        programs[n] = jax.jit(jax.vmap(chunk))
     return programs[n]
 
 
@@ -206,8 +326,15 @@ def run_chunked(
             compiled[n] = _chunk_program(agent, n).lower(state).compile()
             timing["compile_s"] += time.perf_counter() - tc
         tr = time.perf_counter()
-        state, metrics = jax.block_until_ready(compiled[n](state))
+        state, metrics, finite = jax.block_until_ready(compiled[n](state))
         timing["run_s"] += time.perf_counter() - tr
+        if not np.all(finite):
+            raise DivergenceError(
+                f"training diverged: non-finite policy parameters in seeds "
+                f"{np.flatnonzero(~np.asarray(finite)).tolist()} during updates {start}-"
+                f"{start + n - 1}; the last good checkpoint (if any) is kept in {folder.path}. "
+                "Lower the learning rate(s) and train again in a fresh folder."
+            )
         metrics = {k: np.moveaxis(np.asarray(v), 0, 1) for k, v in metrics.items()}  # [n, S, ...]
         steps = (start + 1 + np.arange(n)) * per_update
         return state, {agent.step_unit.replace(" ", "_"): steps, **metrics}

@@ -32,7 +32,7 @@ from agents.replay import Transition
 from envs.gridworlds.multi_skill import check_params, rollout_expert
 from experiments.plots import figure, plot_curves, plot_pr
 from experiments.runner import fmt_ci, iqm_ci
-from experiments.study import Study, StudyArgs, metric_lines, per_seed
+from experiments.study import Study, StudyArgs, metric_lines, parse_env_kwargs, per_seed
 from skills import sbd
 from skills.action_model import ActionModel, ActionModelConfig, episode_starts
 from skills.boundary import BoundaryConfig
@@ -78,7 +78,9 @@ class Args(StudyArgs):
 def main(args: Args) -> dict:
     """Every stage for all seeds at once; writes the run folder and returns the results."""
     study = Study("sbd", args)
-    env, hidden = envs.make("MultiSkill", **json.loads(args.env_kwargs))
+    if (done := study.finished()) is not None:
+        return done
+    env, hidden = envs.make("MultiSkill", **parse_env_kwargs(args.env_kwargs))
     space, steps, tol = env.action_space(hidden), int(hidden.max_steps_in_episode), args.tolerance
     timing, clock = {}, [time.perf_counter()]
 

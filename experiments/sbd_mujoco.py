@@ -150,6 +150,8 @@ def main(args: Args) -> dict:
     """Train or load the behaviour policies, run the study, write the run folder."""
     args.validate()
     study = Study("sbd_mujoco", args, behaviours=BEHAVIOURS)
+    if (done := study.finished()) is not None:
+        return done
     loaded = {name: behaviour_policy(args, name) for name in BEHAVIOURS}
     policies_s = time.perf_counter() - study.start
     actors = [(policy, params) for policy, params, _ in loaded.values()]

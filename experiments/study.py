@@ -6,7 +6,9 @@
         ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
 
     def main(args: Args) -> dict:
-        study = Study("my_study", args)                  # folder, config.json, seeds
+        study = Study("my_study", args)                  # folder, config.json, seeds, lock
+        if (done := study.finished()) is not None:       # a finished run: its results.json
+            return done
         state, metrics, timing = train_policy(study.folder("agent"), agent, study.key("agent"),
                                               args.seeds, progress=args.progress)
         return study.finish(results, summary_text)       # results.json, summary.md, printed
@@ -35,10 +37,17 @@ import envs
 from agents.core import Agent, Policy, batched, export_policy, load_policy
 from agents.evaluation import evaluate
 from agents.replay import Transition
-from agents.replay.datasets import collect, dataset_path, load_dataset, save_dataset
+from agents.replay.datasets import collect, dataset_complete, load_dataset, save_dataset
 from agents.replay.levels import medium_snapshot, uniform_policy, with_snapshots
 from agents.sac import SACConfig, make_sac
-from experiments.runner import RunFolder, iqm_ci, run_chunked, write_atomic
+from experiments.runner import (
+    RunFolder,
+    iqm_ci,
+    lock_folder,
+    run_chunked,
+    stored_results,
+    write_atomic,
+)
 
 __all__ = [
     "RUN_ONLY",
@@ -48,6 +57,7 @@ __all__ = [
     "demonstrations",
     "metric_lines",
     "named_key",
+    "parse_env_kwargs",
     "per_seed",
     "sac_experts",
     "task_datasets",
@@ -55,7 +65,7 @@ __all__ = [
 ]
 
 #: Arguments that change how a run is carried out, never its results.
-RUN_ONLY = ("out", "progress", "updates_per_chunk")
+RUN_ONLY = ("out", "progress", "updates_per_chunk", "overwrite")
 
 
 @dataclasses.dataclass
@@ -66,6 +76,24 @@ class StudyArgs:
     seed: int = 0
     seeds: int = 5
     progress: bool = True
+    overwrite: bool = False  # a finished run: compute its results again (from its checkpoints)
+
+
+def parse_env_kwargs(text: str, flag: str = "--env-kwargs") -> dict[str, Any]:
+    """The JSON object of ``envs.make`` arguments given to ``flag``, or a ValueError naming it."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{flag} {text!r} is not JSON ({err.msg} at character {err.pos}); write an object "
+            """such as '{"reveal_skill": true}' (double quotes, lower-case true/false)"""
+        ) from None
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"{flag} {text!r} is a JSON {type(value).__name__}; give an object of parameter "
+            """names and values, e.g. '{"gravity_scale": 0.5}'"""
+        )
+    return value
 
 
 def config_dict(obj: Any, drop: tuple[str, ...] = ()) -> Any:
@@ -116,9 +144,31 @@ class Study:
         self.name, self.args = name, args
         self.path = Path(args.out)
         self.path.mkdir(parents=True, exist_ok=True)
+        lock_folder(self.path, self)
         self.config = {"experiment": name, **config_dict(args, drop=RUN_ONLY), **extra}
-        write_atomic(self.path / "config.json", json.dumps(self.config, indent=2, sort_keys=True))
+        if not (self.path / "config.json").exists():  # a refused resume leaves the old one
+            self._write_config()
         self.start = time.perf_counter()
+
+    def _write_config(self) -> None:
+        write_atomic(self.path / "config.json", json.dumps(self.config, indent=2, sort_keys=True))
+
+    def finished(self) -> dict | None:
+        """This run's results when the folder already holds them for this config (then the
+        study returns them at once; ``--overwrite`` computes them again)."""
+        stored = stored_results(self.path / "results.json")
+        if stored is None or getattr(self.args, "overwrite", False):
+            return None
+        try:
+            same = json.loads((self.path / "config.json").read_text()) == json.loads(
+                json.dumps(self.config, default=float)
+            )
+        except (OSError, json.JSONDecodeError):
+            return None
+        if same:
+            print(f"{self.name}: finished already; results in {self.path} (--overwrite redoes)")
+            return stored
+        return None
 
     def key(self, *names: str | int) -> jax.Array:
         """The key of one named stage of this study (``named_key(args.seed, *names)``)."""
@@ -136,6 +186,7 @@ class Study:
     def finish(self, results: dict, summary: str) -> dict:
         """Write ``results.json`` (with the wall-clock time) and ``summary.md``; print it."""
         results = {**results, "wall_s": time.perf_counter() - self.start}
+        self._write_config()  # the config these results come from
         text = json.dumps(config_dict(results), indent=2, default=float)
         write_atomic(self.path / "results.json", text)
         write_atomic(self.path / "summary.md", summary)
@@ -278,7 +329,7 @@ def task_datasets(
                 f"task {name!r} makes the dataset id {dataset_id!r}, which Minari "
                 "refuses; use letters, digits, spaces, '-', '_' and '.' in names"
             )
-    missing = [n for n in tasks if not dataset_path(ids[n], dataset_root).exists()]
+    missing = [n for n in tasks if not dataset_complete(ids[n], dataset_root)]
     if missing:
         if dataset_steps % collect_envs:
             raise ValueError(f"dataset_steps={dataset_steps}: a multiple of {collect_envs}")

@@ -20,7 +20,6 @@ its own resumable run folder (and exported policy) under ``--out``, beside the p
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from typing import Literal
 
@@ -40,7 +39,7 @@ from agents.synther import SynthERConfig, fit_synthesizer, make_synther, quality
 from agents.td3_bc import TD3BCConfig, make_td3_bc
 from experiments.plots import figure, plot_curves, plot_intervals
 from experiments.runner import RunFolder, final_score, fmt_ci, iqm_ci
-from experiments.study import Study, StudyArgs, config_dict, train_policy
+from experiments.study import Study, StudyArgs, config_dict, parse_env_kwargs, train_policy
 
 
 def cpu_online() -> SynthERConfig:
@@ -168,7 +167,8 @@ def offline_and_quality(study: Study, args: Args, studies: set[str]) -> dict:
 
 def online(study: Study, args: Args) -> dict:
     cfg = args.online
-    env, params = envs.make(args.online_env, **json.loads(args.online_env_kwargs))
+    kwargs = parse_env_kwargs(args.online_env_kwargs, "--online-env-kwargs")
+    env, params = envs.make(args.online_env, **kwargs)
     sac = cfg.sac_config  # one update per refit period, as SynthER's
     arms = {
         f"SynthER UTD {cfg.sac.utd}": (make_synther(cfg, env, params), cfg),
@@ -236,6 +236,8 @@ def main(args: Args) -> dict:
     """Run the selected studies; returns (and writes) their results."""
     args.validate()
     study = Study("synther", args)
+    if (done := study.finished()) is not None:
+        return done
     studies = {"quality", "offline", "online"} if args.study == "all" else {args.study}
     results: dict = {}
     if studies & {"quality", "offline"}:

@@ -164,7 +164,8 @@ def episode_starts(terminated: jax.Array, truncated: jax.Array) -> jax.Array:
     return jnp.concatenate([jnp.ones_like(done[..., :1]), done[..., :-1]], axis=-1)
 
 
-def _check_demos(demos: Transition, discrete: bool) -> None:
+def _check_demos(demos: Transition, space: spaces.Space) -> None:
+    discrete = isinstance(space, spaces.Discrete)
     require(
         isinstance(demos, Transition),
         f"action model: expected an agents.replay.Transition, got {type(demos).__name__}; "
@@ -174,6 +175,11 @@ def _check_demos(demos: Transition, discrete: bool) -> None:
     require(
         len(shape) == 3,
         f"action model: obs must be [N trajectories, T steps, obs_dim], got shape {shape}",
+    )
+    require(
+        shape[0] >= 1 and shape[1] >= 1,
+        f"action model: demonstrations of shape {shape} hold no steps; give at least one "
+        "trajectory of at least one step",
     )
     want = shape[:2] if discrete else (*shape[:2], -1)
     got = jnp.shape(demos.action)
@@ -192,6 +198,13 @@ def _check_demos(demos: Transition, discrete: bool) -> None:
             bool(jnp.isfinite(demos.obs).all()) and bool(jnp.isfinite(demos.action).all()),
             "action model: demonstrations hold NaN or inf; drop or repair those steps",
         )
+        if discrete:
+            low, high = int(jnp.min(demos.action)), int(jnp.max(demos.action))
+            require(
+                low >= 0 and high < space.n,
+                f"action model: discrete actions range over [{low}, {high}], outside the "
+                f"action space's [0, {space.n}); give the space the demonstrations were made in",
+            )
 
 
 def make_action_model(
@@ -204,7 +217,7 @@ def make_action_model(
     the mean per-step NLL of ``batch_size`` trajectories drawn without replacement.
     """
     model = ActionModel.create(config, action_space)
-    _check_demos(demos, model.discrete)
+    _check_demos(demos, action_space)
     num = demos.obs.shape[0]
     time_major = lambda x: jnp.swapaxes(x, 0, 1)  # [B, T, ...] -> [T, B, ...]
 

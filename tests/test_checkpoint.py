@@ -210,3 +210,32 @@ def test_empty_arrays_round_trip(tmp_path):
     restored = ckpt.restore(jax.tree.map(jnp.zeros_like, state))
     assert restored["memory"].shape == (4, 0)
     np.testing.assert_array_equal(restored["w"], state["w"])
+
+
+def test_a_killed_export_leaves_nothing_and_a_second_export_works(tmp_path, monkeypatch):
+    """The export is written beside its folder and renamed into place: a kill before the rename
+    (simulated by a failing metadata write) leaves no folder that looks exported."""
+    import agents.checkpoint as checkpoint
+
+    params = make_state(4).params
+
+    def killed(path, obj):
+        raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(checkpoint, "_write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_params(tmp_path / "policy", params, {"a": 1})
+    assert not (tmp_path / "policy").exists()
+    monkeypatch.undo()
+    save_params(tmp_path / "policy", params, {"a": 1})  # the leftover is cleared
+    chex.assert_trees_all_equal(load_params(tmp_path / "policy")[0], params)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]
+
+
+def test_checkpoints_without_their_config_record_are_refused(tmp_path):
+    """Deleting checkpoints/config.json must not let another config continue the checkpoints."""
+    Checkpointer(tmp_path, CONFIG).save(1, make_state(0))
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"no config\.json recording the config"):
+        Checkpointer(tmp_path, {**CONFIG, "lr": 1.0})
+    assert not (tmp_path / "config.json").exists()

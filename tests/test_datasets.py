@@ -251,3 +251,33 @@ def test_normalized_score_matches_d4rl():
     assert normalized_score("hopper", 500.0, ref_min=0.0, ref_max=1000.0) == pytest.approx(50.0)
     with pytest.raises(ValueError, match="no D4RL reference returns for task 'pendulum'"):
         normalized_score("pendulum", 1.0)
+
+
+def test_a_killed_save_leaves_no_dataset_and_a_half_written_one_is_rewritten(
+    tmp_path, rollouts, monkeypatch
+):
+    """Datasets are written aside and renamed when complete; one left half-written by an older
+    version (no reference scores in its metadata) counts as missing and is written again."""
+    from minari.dataset.minari_storage import MinariStorage
+
+    from agents.replay.datasets import dataset_complete, dataset_path
+
+    single = jax.tree.map(lambda x: x[:, 1], rollouts)
+
+    def killed(self, metadata):
+        raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(MinariStorage, "update_metadata", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save(single, tmp_path)
+    monkeypatch.undo()
+    assert not dataset_path(ID, tmp_path).exists() and not dataset_complete(ID, tmp_path)
+    assert not list(tmp_path.glob(".partial-*"))
+    save(single, tmp_path)
+    meta_file = dataset_path(ID, tmp_path) / "data" / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({k: v for k, v in meta.items() if "ref_" not in k}))
+    assert not dataset_complete(ID, tmp_path)
+    save(single, tmp_path)  # no overwrite needed: it was incomplete
+    assert dataset_complete(ID, tmp_path)
+    assert load_dataset(ID, tmp_path)[0].reward.shape == (450,)

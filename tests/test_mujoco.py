@@ -276,9 +276,17 @@ def test_spaces_and_default_backend() -> None:
     ],
 )
 def test_bad_params_raise(override: dict, message: str) -> None:
-    env, params = envs.make("Hopper", **override)
+    """At ``envs.make`` (while concrete: training sees them traced) and at ``reset``."""
     with pytest.raises(ValueError, match=message):
-        env.reset(jax.random.key(0), params)
+        envs.make("Hopper", **override)
+    env, params = envs.make("Hopper")
+    with pytest.raises(ValueError, match=message):
+        env.reset(jax.random.key(0), params.replace(**override))
+
+
+def test_a_string_for_a_number_is_named() -> None:
+    with pytest.raises(ValueError, match="gravity_scale='2' must be a number"):
+        envs.make("Hopper", gravity_scale="2")
 
 
 def test_bad_inputs_raise() -> None:
@@ -317,3 +325,31 @@ def test_state_from_observation_steps_like_the_original_state() -> None:
     assert bool(rebuilt[3]) == bool(original[3])  # terminated
     with pytest.raises(ValueError, match="an observation has shape"):
         env.state_from_observation(obs[:-1])
+
+
+def test_out_of_range_actions_are_clipped_and_counted_or_refused() -> None:
+    """A continuous action outside the box steps as the clipped action and is counted; a NaN
+    one is refused when concrete; a discrete one out of range is refused when concrete and
+    under checkify when traced."""
+    from jax.experimental import checkify
+
+    env, params = envs.make("HalfCheetah")
+    _, state = env.reset(jax.random.key(0), params)
+    wild = jnp.array([100.0, -3.0, 0.5, 0.0, 2.0, -0.1])
+    *clipped, info = env.step(jax.random.key(1), state, wild, params)
+    *inside, _ = env.step(jax.random.key(1), state, jnp.clip(wild, -1.0, 1.0), params)
+    for a, b in zip(jax.tree.leaves(clipped), jax.tree.leaves(inside)):
+        np.testing.assert_array_equal(a, b)
+    assert int(info["clipped_actions"]) == 3
+    with pytest.raises(ValueError, match="is not finite"):
+        env.step(jax.random.key(1), state, wild.at[0].set(jnp.nan), params)
+    traced = jax.jit(env.step)(jax.random.key(1), state, wild.at[0].set(jnp.nan), params)
+    assert int(traced[-1]["clipped_actions"]) == 3  # NaN -> 0: clipped, counted
+
+    grid, grid_params = envs.make("GoalSequence")
+    _, g_state = grid.reset(jax.random.key(0), grid_params)
+    with pytest.raises(ValueError, match=r"discrete action 7 is outside \[0, "):
+        grid.step(jax.random.key(1), g_state, jnp.int32(7), grid_params)
+    checked = checkify.checkify(jax.jit(grid.step))
+    err, _ = checked(jax.random.key(1), g_state, jnp.int32(-1), grid_params)
+    assert "discrete action -1 is outside" in str(err.get())

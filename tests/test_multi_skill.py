@@ -254,7 +254,9 @@ def test_make_and_spaces():
     ],
 )
 def test_bad_params_raise(overrides: dict):
-    _, params = envs.make("MultiSkill", **overrides)
+    with pytest.raises(ValueError):
+        envs.make("MultiSkill", **overrides)  # checked while concrete
+    params = PARAMS.replace(**overrides)
     key = jax.random.key(0)
     with pytest.raises(ValueError):
         ENV.reset(key, params)

@@ -9,7 +9,14 @@ import pytest
 import envs
 from agents.checkpoint import Checkpointer, CheckpointError
 from agents.ppo import PPOConfig, make_ppo
-from experiments.runner import RunFolder, fmt_ci, iqm_ci, run_chunked, run_loop
+from experiments.runner import (
+    DivergenceError,
+    RunFolder,
+    fmt_ci,
+    iqm_ci,
+    run_chunked,
+    run_loop,
+)
 
 ENV = envs.make("gymnax:CartPole-v1")
 CFG = PPOConfig(num_envs=4, num_steps=16, total_steps=4 * 16 * 6, num_minibatches=2)
@@ -85,3 +92,101 @@ def test_iqm_is_rliables_aggregate_iqm():
     for n in (1, 3, 4, 5, 8, 13):
         x = rng.normal(size=(n, 1))
         assert iqm(x) == pytest.approx(metrics.aggregate_iqm(x), abs=1e-12)
+
+
+def _counting_step(state, start, n):
+    return state + n, {"x": np.arange(start, start + n) * 1.5}
+
+
+def test_a_torn_last_metrics_line_resumes_and_a_lost_file_is_named(tmp_path):
+    """A kill mid-append leaves a torn last line: dropped on resume. Lines missing before the
+    checkpoint (a deleted or truncated file) stop the run with the file named."""
+    run_loop(RunFolder(tmp_path / "a", {"loop": 1}), np.zeros(()), _counting_step, total=4)
+    folder = RunFolder(tmp_path / "b", {"loop": 1})
+    run_loop(folder, np.zeros(()), _counting_step, total=2)
+    with folder.metrics_file.open("a") as f:
+        f.write('{"update": 2, "x"')  # torn
+    run_loop(RunFolder(tmp_path / "b", {"loop": 1}), np.zeros(()), _counting_step, total=4)
+    same = lambda p: (p / "metrics.jsonl").read_text()
+    assert same(tmp_path / "a") == same(tmp_path / "b")
+
+    folder.metrics_file.write_text('{"update": 0, "x": 0.0}\nnot json\n{"update": 2, "x": 3.0}\n')
+    with pytest.raises(ValueError, match="line 2, is not JSON"):
+        folder.read_metrics()
+    folder.metrics_file.unlink()
+    with pytest.raises(ValueError, match="holds 0 of the 4 lines before the last checkpoint"):
+        run_loop(folder, np.zeros(()), _counting_step, total=6)
+
+
+def test_a_second_process_on_a_run_folder_is_stopped(tmp_path):
+    """One process per folder (a lock that dies with its process); the same process may reopen."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from experiments import runner
+    from experiments.runner import FolderBusy
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from experiments.runner import RunFolder; "
+         f"f = RunFolder({str(tmp_path)!r}, {{}}); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderBusy, match=f"pid {holder.pid}.*another output folder"):
+            RunFolder(tmp_path, {})
+    finally:
+        holder.kill()
+        holder.wait()
+    first = RunFolder(tmp_path, {})  # the kill released it
+    RunFolder(tmp_path, {})  # and this process may open it again
+    del first  # the last holder gone, the lock is free for others
+    assert Path(tmp_path).absolute() not in runner._LOCKS
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    def step(state, start, n):  # the loss turns NaN at update 7 (and explodes in seed 1 at 8)
+        updates = np.arange(start, start + n)[:, None]
+        loss = np.where(updates >= 7, np.nan, 1.0) * np.ones((1, 2))
+        loss[:, 1] = np.where(updates[:, 0] >= 6, 1e13, 1.0)
+        return state + n, {"critic_loss": loss, "return": np.full((n, 2), np.nan)}
+
+    folder = RunFolder(tmp_path, {"loop": 1})
+    with pytest.raises(DivergenceError, match=r"critic_loss = 1e\+13 at update 6 \(seed or run "
+                       r"index \[1\].*step 5\) is kept"):  # fmt: skip
+        run_loop(folder, np.zeros(()), step, total=20, chunk=5)
+    assert Checkpointer(tmp_path / "checkpoints", {"loop": 1}).latest_step() == 5
+    assert len(folder.read_metrics()) == 5  # NaN returns (no episode ended) are no divergence
+
+
+def test_a_diverging_agent_stops_before_its_nan_weights_are_saved(tmp_path):
+    agent = make_ppo(CFG.replace(lr=1e30, max_grad_norm=1e30), *ENV)
+    with pytest.raises(DivergenceError, match="diverged"):
+        run_chunked(agent, jax.random.key(0), 2, RunFolder(tmp_path, {}), 3, progress=False)
+    assert Checkpointer(tmp_path / "checkpoints", {}).latest_step() is None
+
+
+def test_bad_settings_are_named_before_training(monkeypatch):
+    import agents.hparams
+
+    with pytest.raises(ValueError, match=r"PPOConfig.lr=inf is invalid; it must be finite"):
+        make_ppo(CFG.replace(lr=float("inf")), *ENV)
+    with pytest.raises(ValueError, match=r"PPOConfig.hidden=\(64, 0\) is invalid; layer sizes"):
+        make_ppo(CFG.replace(hidden=(64, 0)), *ENV)
+    huge = CFG.replace(num_envs=20_000_000, total_steps=20_000_000 * 16)
+    with pytest.raises(ValueError, match=r"past what XLA indexes \(2\^31\); use fewer envs"):
+        make_ppo(huge, *ENV)
+    monkeypatch.setattr(agents.hparams, "available_memory", lambda device=None: 1000)
+    with pytest.raises(ValueError, match=r"one PPO rollout needs about .* GiB but only"):
+        make_ppo(CFG, *ENV)
+
+
+def test_a_finished_runs_unreadable_results_are_recomputed(tmp_path):
+    from experiments.runner import stored_results
+
+    assert stored_results(tmp_path / "results.json") is None
+    (tmp_path / "results.json").write_text('{"score": 1')  # truncated
+    assert stored_results(tmp_path / "results.json") is None
+    (tmp_path / "results.json").write_text('{"score": 1}')
+    assert stored_results(tmp_path / "results.json") == {"score": 1}

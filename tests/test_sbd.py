@@ -207,6 +207,18 @@ def test_continuous_actions_spike_at_switches():
             ),
             "NaN or inf",
         ),
+        (
+            Transition(jnp.zeros((0, 8, 3)), jnp.zeros((0, 8), int), *(jnp.zeros((0, 8)),) * 4),
+            "hold no steps",
+        ),
+        (
+            Transition(jnp.zeros((4, 0, 3)), jnp.zeros((4, 0), int), *(jnp.zeros((4, 0)),) * 4),
+            "hold no steps",
+        ),
+        (
+            Transition(jnp.zeros((4, 8, 3)), jnp.full((4, 8), 5), *(jnp.zeros((4, 8)),) * 4),
+            r"range over \[5, 5\], outside the action space's \[0, 5\)",
+        ),
     ],
 )
 def test_bad_demonstrations_are_named(demos, match):
@@ -215,7 +227,7 @@ def test_bad_demonstrations_are_named(demos, match):
 
 
 def test_bad_config_is_named():
-    with pytest.raises(ValueError, match=r"ActionModelConfig\.lr=-1\.0 is invalid; it must be > 0"):
+    with pytest.raises(ValueError, match=r"ActionModelConfig\.lr=-1\.0 is invalid; it must be"):
         ActionModel.create(ActionModelConfig(lr=-1.0), spaces.Discrete(5))
     data = GoalData(*(jnp.zeros((2, 4, 3)),) * 3, jnp.zeros((2, 4), jnp.int32))
     with pytest.raises(ValueError, match=r"GoalPolicyConfig\.batch_size=0 is invalid"):

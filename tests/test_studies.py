@@ -9,6 +9,7 @@ results is finite (NaN would mean a stage silently produced nothing). Every stud
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -361,3 +362,43 @@ def test_oer_sequences_are_valid_env_params():
     for env_name, tasks in SEQUENCES.values():
         params = [envs.make(env_name, **kwargs)[1] for kwargs in tasks.values()]
         assert len({str(p) for p in params}) == len(params) >= 4
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"env_kwargs": "{reveal_skill: true}"}, "--env-kwargs .* is not JSON"),
+        ({"env_kwargs": "[1, 2]"}, "is a JSON list; give an object"),
+        ({"env": "Hopper", "env_kwargs": '{"gravity_scale": "x"}'}, "must be a number"),
+        ({"env": "Hopper", "env_kwargs": '{"gravity_scale": -1}'}, "gravity_scale must be"),
+        ({"eval_envs": 0}, "--eval-envs 0"),
+    ],
+)
+def test_bad_cli_input_is_named_before_anything_runs(tmp_path, flags, message):
+    from experiments import ppo
+
+    with pytest.raises(ValueError, match=message):
+        ppo.main(ppo.Args(out=str(tmp_path / "run"), progress=False, **flags))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_truncated_budget_is_said():
+    from agents.ppo import PPOConfig
+
+    with pytest.warns(UserWarning, match="total_steps=100 .* 64 steps are trained; use 64 or 128"):
+        PPOConfig(num_envs=4, num_steps=16, total_steps=100).validate()
+
+
+def test_a_finished_study_returns_its_results_and_a_refused_one_changes_nothing(tmp_path):
+    from experiments.study import Study, StudyArgs
+
+    args = StudyArgs(out=str(tmp_path), seeds=2)
+    study = Study("s", args)
+    assert study.finished() is None
+    study.finish({"score": 1.0}, "# s\n")
+    assert Study("s", args).finished()["score"] == 1.0
+    assert Study("s", dataclasses.replace(args, overwrite=True)).finished() is None
+    assert Study("s", dataclasses.replace(args, progress=False)).finished() is not None
+    other = Study("s", dataclasses.replace(args, seeds=3))  # another config: runs, and until it
+    assert other.finished() is None  # finishes the folder's config.json describes the old run
+    assert json.loads((tmp_path / "config.json").read_text())["seeds"] == 2

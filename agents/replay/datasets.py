@@ -36,6 +36,7 @@ __all__ = [
     "D4RL_REF_SCORES",
     "DatasetError",
     "collect",
+    "dataset_complete",
     "dataset_path",
     "dataset_root",
     "episode_returns",
@@ -210,13 +211,11 @@ def save_dataset(
     episodes = _split_episodes(data, where)
 
     path = dataset_path(dataset_id, root)
-    if path.exists():
-        if not overwrite:
-            raise DatasetError(
-                f"{where}: {path} already exists; pass overwrite=True, delete it, or bump the "
-                "version suffix (-v1, -v2, ...)"
-            )
-        shutil.rmtree(path)
+    if path.exists() and not overwrite and dataset_complete(dataset_id, root):
+        raise DatasetError(
+            f"{where}: {path} already exists; pass overwrite=True, delete it, or bump the "
+            "version suffix (-v1, -v2, ...)"
+        )
     extra = dict(metadata or {})
     minari_kwargs = {k: extra.pop(k) for k in _MINARI_KEYS if k in extra}
     for key in ("author", "author_email"):
@@ -235,8 +234,12 @@ def save_dataset(
         raise DatasetError(
             f"{where}: metadata must be JSON-serialisable ({err}); convert arrays with .tolist()"
         ) from err
+    # written into a staging root beside the real one and renamed into place when complete:
+    # a kill at any moment leaves either the whole dataset or none
+    staging = dataset_root(root) / f".partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
     try:
-        with _minari_root(dataset_root(root)), warnings.catch_warnings():
+        with _minari_root(staging), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module="minari")
             dataset = minari.create_dataset_from_buffers(
                 dataset_id,
@@ -247,10 +250,27 @@ def save_dataset(
                 **minari_kwargs,
             )
         dataset.storage.update_metadata(extra)
-    except Exception:
-        shutil.rmtree(path, ignore_errors=True)  # never leave a half-written dataset behind
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for made in staging.rglob("namespace_metadata.json"):  # Minari's namespace records
+            kept = dataset_root(root) / made.relative_to(staging)
+            if not kept.exists():
+                shutil.copyfile(made, kept)
+        if path.exists():
+            shutil.rmtree(path)  # overwrite=True, or a half-written one from an older version
+        os.replace(staging / dataset_id, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def dataset_complete(dataset_id: str, root: str | Path | None = None) -> bool:
+    """Whether ``dataset_id`` is stored whole: its metadata, written last, records the reference
+    scores (a dataset whose writing was killed has none and is written again)."""
+    meta_file = dataset_path(dataset_id, root) / "data" / _METADATA
+    try:
+        return "ref_max_score" in json.loads(meta_file.read_text())
+    except (OSError, ValueError):
+        return False
 
 
 @contextlib.contextmanager
