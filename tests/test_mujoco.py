@@ -353,3 +353,34 @@ def test_out_of_range_actions_are_clipped_and_counted_or_refused() -> None:
     checked = checkify.checkify(jax.jit(grid.step))
     err, _ = checked(jax.random.key(1), g_state, jnp.int32(-1), grid_params)
     assert "discrete action -1 is outside" in str(err.get())
+
+
+def test_reset_to_a_gymnasium_state_keeps_float64_and_steps_like_gymnasium() -> None:
+    """A state taken from a Gymnasium rollout: ``reset_to`` keeps its float64 values on the
+    native backend, ``observation`` is Gymnasium's, and the next steps match Gymnasium's."""
+    gym_env = gymnasium.make("HalfCheetah-v5").unwrapped
+    gym_env.reset(seed=3)
+    rng = np.random.default_rng(3)
+    for _ in range(20):  # somewhere along a rollout
+        gym_env.step(rng.uniform(-1, 1, 6))
+    qpos, qvel = gym_env.data.qpos.copy(), gym_env.data.qvel.copy()
+    env, params = envs.make("HalfCheetah", backend="native")
+    obs, state = env.reset_to(qpos, qvel, params)
+    back = state.physics.float64()
+    np.testing.assert_allclose(back[0], qpos, rtol=1e-13, atol=1e-15)  # float32 would be 1e-7
+    np.testing.assert_allclose(back[1], qvel, rtol=1e-13, atol=1e-15)
+    assert np.abs(back[0] - qpos).max() < np.abs(qpos.astype(np.float32) - qpos).max() / 1e4
+    np.testing.assert_array_equal(obs, gym_env._get_obs().astype(np.float32))
+    np.testing.assert_array_equal(env.observation(state, params), obs)
+    gym_env.data.qacc_warmstart[:] = 0  # both start the solver cold
+    step = jax.jit(env.step)
+    for t in range(5):
+        action = rng.uniform(-1, 1, 6).astype(np.float32)
+        ref_obs, ref_reward, *_ = gym_env.step(action)
+        obs, state, reward, *_ = step(jax.random.key(t), state, action, params)
+        np.testing.assert_allclose(obs, ref_obs, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(reward, ref_reward, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"qpos has shape \(9,\), got \(8,\)"):
+        env.reset_to(qpos[:8], qvel, params)
+    with pytest.raises(ValueError, match="qvel holds NaN"):
+        env.reset_to(qpos, qvel * np.nan, params)

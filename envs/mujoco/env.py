@@ -21,6 +21,8 @@ runs on CPU, where it is the faster one, and ``"mjx"`` on accelerators.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -140,6 +142,29 @@ class MujocoEnv(Environment):
             )
         qpos = jnp.concatenate([jnp.zeros(1, jnp.float32), obs[: nq - 1]])
         return MujocoState(physics=Physics.at_rest(qpos, obs[nq - 1 :]), time=jnp.int32(0))
+
+    def reset_to(
+        self, qpos: Any, qvel: Any, params: MujocoParams | None = None
+    ) -> tuple[jax.Array, MujocoState]:
+        """``(obs, state)`` of an episode starting at ``qpos`` [nq], ``qvel`` [nv] (e.g. a logged
+        or another simulator's state), solver cold, step 0. Host (NumPy) float64 values stay
+        float64 on the native backend (``state.physics.float64()`` gives them back); MJX
+        simulates in float32. Under ``jax.jit`` pass JAX arrays (float32)."""
+        model = self.task.model
+        for name, x, n in (("qpos", qpos, model.nq), ("qvel", qvel, model.nv)):
+            if np.shape(x) != (n,):
+                raise ValueError(f"{self.name}: {name} has shape ({n},), got {np.shape(x)}.")
+            if not isinstance(x, jax.core.Tracer) and not np.isfinite(np.asarray(x)).all():
+                raise ValueError(f"{self.name}: {name} holds NaN or inf: {np.asarray(x)}.")
+        if params is not None:
+            self.check_params(params)
+        state = MujocoState(physics=Physics.at_rest(qpos, qvel), time=jnp.int32(0))
+        return self.observation(state, params), state
+
+    def observation(self, state: MujocoState, params: MujocoParams | None = None) -> jax.Array:
+        """The observation [obs_dim] of ``state`` (Gymnasium's: ``qpos[1:]`` then ``qvel``,
+        velocities clipped to [-10, 10] for Hopper and Walker2d)."""
+        return self.task.observation(state.physics.qpos, state.physics.qvel)
 
     def reset_env(self, key: jax.Array, params: MujocoParams) -> tuple[jax.Array, MujocoState]:
         qpos, qvel = self.task.reset_qpos_qvel(key)

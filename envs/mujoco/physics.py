@@ -29,9 +29,29 @@ class Physics:
 
     @classmethod
     def at_rest(cls, qpos: jax.Array, qvel: jax.Array) -> Physics:
-        """A state with the given positions and velocities and a cold solver start."""
-        nq, nv = qpos.shape[-1], qvel.shape[-1]
-        return cls(qpos, qvel, jnp.zeros(nv, jnp.float32), jnp.zeros(nq + 2 * nv, jnp.float32))
+        """A state with the given positions [nq] and velocities [nv] and a cold solver start.
+
+        Host (NumPy or Python) values keep their float64 precision, as float32 parts plus
+        their rounding errors, as the native backend stores its state; JAX arrays are float32.
+        """
+        if isinstance(qpos, jax.Array) or isinstance(qvel, jax.Array):
+            qpos, qvel = jnp.asarray(qpos, jnp.float32), jnp.asarray(qvel, jnp.float32)
+            nq, nv = qpos.shape[-1], qvel.shape[-1]
+            residual = jnp.zeros(nq + 2 * nv, jnp.float32)
+            return cls(qpos, qvel, jnp.zeros(nv, jnp.float32), residual)
+        exact = np.concatenate([np.asarray(qpos, np.float64), np.asarray(qvel, np.float64)])
+        value = exact.astype(np.float32)
+        nq, nv = np.shape(qpos)[-1], np.shape(qvel)[-1]
+        residual = np.concatenate([(exact - value).astype(np.float32), np.zeros(nv, np.float32)])
+        zeros = jnp.zeros(nv, jnp.float32)
+        return cls(jnp.asarray(value[:nq]), jnp.asarray(value[nq:]), zeros, jnp.asarray(residual))
+
+    def float64(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(qpos [nq], qvel [nv])`` in float64, as the native backend simulates them."""
+        nq, nv = self.qpos.shape[-1], self.qvel.shape[-1]
+        residual = np.asarray(self.residual, np.float64)
+        qpos = np.asarray(self.qpos, np.float64) + residual[..., :nq]
+        return qpos, np.asarray(self.qvel, np.float64) + residual[..., nq : nq + nv]
 
 
 class Backend(Protocol):
