@@ -188,10 +188,14 @@ def _gridworld(name: str):
     return envs.make(name)
 
 
-def _check(env: gymnasium.Env) -> None:
+def _check(env: gymnasium.Env, unbounded: bool = False) -> None:
+    """Gymnasium's env checker, its warnings as errors (but the unbounded-observation one, which
+    Gymnasium's own MuJoCo tasks also raise, when ``unbounded``)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("error")
         warnings.filterwarnings("ignore", message=".*not having a spec")
+        if unbounded:
+            warnings.filterwarnings("ignore", message=".*infinity. This is probably too")
         check_env(env)
 
 
@@ -276,3 +280,23 @@ def test_vector_adapter_renders_each_env() -> None:
     vec.reset()
     frames = vec.render()
     assert len(frames) == 2 and all(f.dtype == np.uint8 and f.ndim == 3 for f in frames)
+
+
+@pytest.mark.parametrize("name", ["HalfCheetah", "Hopper", "Walker2d"])
+def test_mujoco_tasks_render_and_pass_check_env(name: str) -> None:
+    """MuJoCo's own renderer, headless; where no OpenGL library exists the error says which
+    package to install (then this test is skipped)."""
+    env, params = envs.make(name, backend="native")
+    try:
+        env._renderer()
+    except RuntimeError as err:
+        assert "apt install libegl1" in str(err)
+        pytest.skip(f"no OpenGL here: {err}")
+    adapter = to_gymnasium(env, params, render_mode="rgb_array")
+    _check(adapter, unbounded=True)
+    adapter.reset(seed=5)
+    first = adapter.render()
+    assert first.shape == (480, 480, 3) and first.dtype == np.uint8 and first.std() > 0
+    for _ in range(5):
+        adapter.step(np.ones(adapter.action_space.shape, np.float32))
+    assert not np.array_equal(adapter.render(), first)  # the body moved

@@ -21,6 +21,11 @@ runs on CPU, where it is the faster one, and ``"mjx"`` on accelerators.
 
 from __future__ import annotations
 
+import atexit
+import importlib
+import os
+import sys
+import threading
 from typing import Any
 
 import jax
@@ -35,6 +40,7 @@ from envs.mujoco.tasks import TASKS, Task
 __all__ = ["HalfCheetah", "Hopper", "MujocoEnv", "MujocoParams", "MujocoState", "Walker2d"]
 
 BACKENDS = ("native", "mjx")
+RENDER_SIZE = (480, 480)  # (height, width): Gymnasium's default for these tasks
 
 
 @struct.dataclass
@@ -166,6 +172,42 @@ class MujocoEnv(Environment):
         velocities clipped to [-10, 10] for Hopper and Walker2d)."""
         return self.task.observation(state.physics.qpos, state.physics.qvel)
 
+    def render(self, state: MujocoState, params: MujocoParams | None = None) -> jax.Array:
+        """An RGB image (uint8 [480, 480, 3]) of ``state`` from a camera following the torso,
+        drawn by MuJoCo's own renderer on the host (headless: EGL by default, OSMesa with
+        ``MUJOCO_GL=osmesa``); jittable and vmappable (a host callback, one image at a time)."""
+        self._renderer()  # a clear error now, at trace time, when no OpenGL is available
+        shape = jax.ShapeDtypeStruct((*RENDER_SIZE, 3), jnp.uint8)
+        physics = state.physics
+        return jax.pure_callback(
+            self._draw, shape, physics.qpos, physics.qvel, physics.residual,
+            vmap_method="sequential",
+        )  # fmt: skip
+
+    def _renderer(self) -> Any:
+        if getattr(self, "_rendering", None) is None:
+            import mujoco
+
+            renderer = _headless_renderer(self.task.model, self.name)
+            atexit.register(renderer.close)  # before interpreter teardown frees EGL's module
+            camera = mujoco.MjvCamera()
+            camera.type, camera.trackbodyid = mujoco.mjtCamera.mjCAMERA_TRACKING, 1
+            camera.distance, camera.elevation, camera.azimuth = 4.0, -15.0, 90.0
+            self._rendering = (renderer, mujoco.MjData(self.task.model), camera, threading.Lock())
+        return self._rendering
+
+    def _draw(self, qpos: np.ndarray, qvel: np.ndarray, residual: np.ndarray) -> np.ndarray:
+        import mujoco
+
+        renderer, data, camera, lock = self._renderer()
+        nq, nv = qpos.shape[-1], qvel.shape[-1]
+        with lock:
+            data.qpos[:] = np.asarray(qpos, np.float64) + residual[:nq]
+            data.qvel[:] = np.asarray(qvel, np.float64) + residual[nq : nq + nv]
+            mujoco.mj_forward(self.task.model, data)
+            renderer.update_scene(data, camera)
+            return renderer.render().copy()
+
     def reset_env(self, key: jax.Array, params: MujocoParams) -> tuple[jax.Array, MujocoState]:
         qpos, qvel = self.task.reset_qpos_qvel(key)
         state = MujocoState(physics=Physics.at_rest(qpos, qvel), time=jnp.int32(0))
@@ -201,6 +243,30 @@ class MujocoEnv(Environment):
         }
         new_state = MujocoState(physics=after, time=state.time + 1)
         return task.observation(after.qpos, after.qvel), new_state, reward, terminated, info
+
+
+def _headless_renderer(model: Any, name: str) -> Any:
+    """MuJoCo's renderer for ``model``: with ``MUJOCO_GL``'s context when set; else, on Linux
+    without a display, EGL, then OSMesa (the first that opens; a failed GLFW attempt would
+    leave MuJoCo unable to try another); else MuJoCo's default. A RuntimeError names the fix."""
+    import mujoco
+    from mujoco.rendering.classic import gl_context
+
+    tried = []
+    chosen = os.environ.get("MUJOCO_GL")
+    headless = sys.platform.startswith("linux") and not os.environ.get("DISPLAY")
+    for backend in [None] if chosen or not headless else ["egl", "osmesa"]:
+        try:
+            if backend is not None:  # importing a context class loads its GL library
+                gl_context.GLContext = importlib.import_module(f"mujoco.{backend}").GLContext
+            return mujoco.Renderer(model, *RENDER_SIZE)
+        except Exception as err:  # a missing GL library surfaces as several kinds of error
+            tried.append(f"{backend or chosen or 'default'}: {type(err).__name__}: {err}")
+    raise RuntimeError(
+        f"{name}: MuJoCo cannot open an OpenGL context ({'; '.join(tried)}). Install EGL "
+        "(Debian/Ubuntu: apt install libegl1) or OSMesa (apt install libosmesa6, then "
+        "MUJOCO_GL=osmesa) to render MuJoCo tasks headless."
+    )
 
 
 class HalfCheetah(MujocoEnv):
