@@ -57,7 +57,10 @@ def make(
             raise ValueError(
                 f"unknown gymnax environment {gym_id!r}; known: {', '.join(gymnax.registered_envs)}"
             )
+        from envs.wrappers import CheckedActions
+
         env, params = gymnax.make(gym_id)
+        env = CheckedActions(env)
     elif name in _REGISTRY:
         module, cls = _REGISTRY[name].split(":")
         env_cls = getattr(importlib.import_module(module), cls)

@@ -31,9 +31,10 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 from gymnax.wrappers.purerl import GymnaxWrapper, LogEnvState, LogWrapper
 
-from envs.core import EnvParams, EnvState, spaces
+from envs.core import EnvParams, EnvState, check_action, spaces
 
 __all__ = [
+    "CheckedActions",
     "EpisodeStats",
     "GymnasiumEnv",
     "GymnasiumVectorEnv",
@@ -64,6 +65,24 @@ class Wrapper(GymnaxWrapper):
     def render(self, state: Any, params: EnvParams | None = None) -> jax.Array:
         """The wrapped env's RGB image (uint8, [H, W, 3]) of ``state.env_state``."""
         return self._env.render(state.env_state, params)
+
+
+class CheckedActions(Wrapper):
+    """A gymnax environment whose ``step`` checks actions as this package's envs do
+    (``envs.core.check_action``: shape and kind at trace time, a discrete action's range when
+    concrete or under ``checkify``); states pass through unchanged. ``envs.make("gymnax:...")``
+    returns gymnax's envs wrapped in it."""
+
+    def reset(self, key: jax.Array, params: EnvParams | None = None) -> tuple[jax.Array, Any]:
+        return self._env.reset(key, params)
+
+    def step(self, key: jax.Array, state: Any, action: Any, params: EnvParams | None = None):
+        params = self.default_params if params is None else params
+        check_action(self._env.action_space(params), action, self._env.name)
+        return self._env.step(key, state, action, params)
+
+    def render(self, state: Any, params: EnvParams | None = None) -> jax.Array:
+        return self._env.render(state, params)
 
 
 class EpisodeStats(Wrapper, LogWrapper):

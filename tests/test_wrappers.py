@@ -300,3 +300,12 @@ def test_mujoco_tasks_render_and_pass_check_env(name: str) -> None:
     for _ in range(5):
         adapter.step(np.ones(adapter.action_space.shape, np.float32))
     assert not np.array_equal(adapter.render(), first)  # the body moved
+
+
+def test_gymnax_envs_check_their_actions() -> None:
+    env, params = envs.make("gymnax:CartPole-v1")
+    _, state = env.reset(jax.random.key(0), params)
+    with pytest.raises(ValueError, match=r"discrete action 5 is outside \[0, 2\)"):
+        env.step(jax.random.key(1), state, jnp.int32(5), params)
+    with pytest.raises(ValueError, match="must be integers"):
+        env.step(jax.random.key(1), state, jnp.float32(1.0), params)
