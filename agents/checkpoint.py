@@ -28,7 +28,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["CheckpointError", "Checkpointer", "load_params", "save_params"]
+__all__ = ["CheckpointError", "Checkpointer", "load_params", "save_params", "write_atomic"]
 
 PyTree = Any
 CONFIG_FILE = "config.json"
@@ -51,12 +51,17 @@ def _to_json(obj: Mapping[str, Any], what: str) -> dict[str, Any]:
         ) from err
 
 
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    """Write ``obj`` to ``path`` atomically (temporary file, then rename)."""
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never half-written."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def _flatten_config(obj: Any, prefix: str = "") -> dict[str, Any]:

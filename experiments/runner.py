@@ -17,7 +17,6 @@ import fcntl
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 import weakref
@@ -30,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from agents.checkpoint import Checkpointer
+from agents.checkpoint import Checkpointer, write_atomic
 from agents.core import Agent
 
 __all__ = [
@@ -78,15 +77,6 @@ def final_score(returns: np.ndarray, fraction: float = 0.1) -> np.ndarray:
     with warnings.catch_warnings():  # all-NaN seeds (no episode ended) stay NaN, silently
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(returns[:, -k:], axis=1)
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never half-written."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _finite_or_none(x: Any) -> Any:
@@ -177,9 +167,9 @@ class RunFolder:
         lines = []
         for number, line in enumerate(text, 1):
             try:
-                lines.append(json.loads(line)) if line else None
+                lines.append(json.loads(line))
             except json.JSONDecodeError:
-                if number < len(text):
+                if line and number < len(text):  # only the last line can be torn by a kill
                     raise ValueError(
                         f"{self.metrics_file}, line {number}, is not JSON; delete the run "
                         "folder to train again"

@@ -219,10 +219,10 @@ def test_a_killed_export_leaves_nothing_and_a_second_export_works(tmp_path, monk
 
     params = make_state(4).params
 
-    def killed(path, obj):
+    def killed(path, text):
         raise KeyboardInterrupt("simulated kill")
 
-    monkeypatch.setattr(checkpoint, "_write_json", killed)
+    monkeypatch.setattr(checkpoint, "write_atomic", killed)
     with pytest.raises(KeyboardInterrupt):
         save_params(tmp_path / "policy", params, {"a": 1})
     assert not (tmp_path / "policy").exists()

@@ -178,11 +178,7 @@ class MujocoEnv(Environment):
         ``MUJOCO_GL=osmesa``); jittable and vmappable (a host callback, one image at a time)."""
         self._renderer()  # a clear error now, at trace time, when no OpenGL is available
         shape = jax.ShapeDtypeStruct((*RENDER_SIZE, 3), jnp.uint8)
-        physics = state.physics
-        return jax.pure_callback(
-            self._draw, shape, physics.qpos, physics.qvel, physics.residual,
-            vmap_method="sequential",
-        )  # fmt: skip
+        return jax.pure_callback(self._draw, shape, state.physics, vmap_method="sequential")
 
     def _renderer(self) -> Any:
         if getattr(self, "_rendering", None) is None:
@@ -196,14 +192,12 @@ class MujocoEnv(Environment):
             self._rendering = (renderer, mujoco.MjData(self.task.model), camera, threading.Lock())
         return self._rendering
 
-    def _draw(self, qpos: np.ndarray, qvel: np.ndarray, residual: np.ndarray) -> np.ndarray:
+    def _draw(self, physics: Physics) -> np.ndarray:
         import mujoco
 
         renderer, data, camera, lock = self._renderer()
-        nq, nv = qpos.shape[-1], qvel.shape[-1]
         with lock:
-            data.qpos[:] = np.asarray(qpos, np.float64) + residual[:nq]
-            data.qvel[:] = np.asarray(qvel, np.float64) + residual[nq : nq + nv]
+            data.qpos[:], data.qvel[:] = physics.float64()
             mujoco.mj_forward(self.task.model, data)
             renderer.update_scene(data, camera)
             return renderer.render().copy()

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import mujoco
 import numpy as np
 
-from envs.mujoco.physics import Physics, shifted_fields
+from envs.mujoco.physics import Physics, shifted_fields, split_float64
 from envs.mujoco.tasks import Task
 
 __all__ = ["NativeBackend"]
@@ -98,7 +98,6 @@ class NativeBackend:
                 ]
                 for job in jobs:
                     job.result()
-        value = state.astype(np.float32)
-        residual = (state - value).astype(np.float32).reshape(*batch, -1)
-        value = value.reshape(*batch, -1)
+        value, residual = split_float64(state)
+        value, residual = value.reshape(*batch, -1), residual.reshape(*batch, -1)
         return Physics(value[..., :nq], value[..., nq : nq + nv], value[..., nq + nv :], residual)

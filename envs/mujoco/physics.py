@@ -10,7 +10,7 @@ import mujoco
 import numpy as np
 from flax import struct
 
-__all__ = ["Backend", "Physics", "shifted_fields"]
+__all__ = ["Backend", "Physics", "shifted_fields", "split_float64"]
 
 
 @struct.dataclass
@@ -40,9 +40,9 @@ class Physics:
             residual = jnp.zeros(nq + 2 * nv, jnp.float32)
             return cls(qpos, qvel, jnp.zeros(nv, jnp.float32), residual)
         exact = np.concatenate([np.asarray(qpos, np.float64), np.asarray(qvel, np.float64)])
-        value = exact.astype(np.float32)
+        value, residual = split_float64(exact)
         nq, nv = np.shape(qpos)[-1], np.shape(qvel)[-1]
-        residual = np.concatenate([(exact - value).astype(np.float32), np.zeros(nv, np.float32)])
+        residual = np.concatenate([residual, np.zeros(nv, np.float32)])
         zeros = jnp.zeros(nv, jnp.float32)
         return cls(jnp.asarray(value[:nq]), jnp.asarray(value[nq:]), zeros, jnp.asarray(residual))
 
@@ -52,6 +52,12 @@ class Physics:
         residual = np.asarray(self.residual, np.float64)
         qpos = np.asarray(self.qpos, np.float64) + residual[..., :nq]
         return qpos, np.asarray(self.qvel, np.float64) + residual[..., nq : nq + nv]
+
+
+def split_float64(exact: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float64 values as (float32 value, float32 rounding error): how ``Physics`` carries them."""
+    value = exact.astype(np.float32)
+    return value, (exact - value).astype(np.float32)
 
 
 class Backend(Protocol):
