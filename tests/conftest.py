@@ -1,8 +1,19 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules, and the XLA settings the suite compiles with."""
 
 import contextlib
+import os
 
-import jax
+# Tests are compile-bound (small programs, short runs): XLA's CPU backend at optimisation level 1
+# with its older (non-MLIR) fusion emitters and runtime compiles about three times faster than its
+# defaults, and the whole suite runs about a third faster. Set before JAX starts its backend; an
+# XLA_FLAGS of one's own wins. Users' runs keep XLA's defaults.
+os.environ.setdefault(
+    "XLA_FLAGS",
+    "--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false "
+    "--xla_cpu_use_thunk_runtime=false",
+)
+
+import jax  # noqa: E402
 import pytest
 
 

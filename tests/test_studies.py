@@ -26,7 +26,10 @@ import experiments
 
 ROOT = Path(__file__).resolve().parents[1]
 SCAFFOLD = {"runner", "study", "plots"}
-FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+FAST_XLA = (
+    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+    "--xla_cpu_use_fusion_emitters=false --xla_cpu_use_thunk_runtime=false"
+)
 
 
 def check_outputs(out: Path, allow_nan: tuple[str, ...] = ()) -> dict:
