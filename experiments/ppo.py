@@ -7,6 +7,7 @@ python -m experiments.ppo --env MemorySequence --ppo.recurrent --help
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import jax
 import numpy as np
@@ -31,6 +32,9 @@ class Args(StudyArgs):
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
     updates_per_chunk: int = 50  # updates between checkpoints / progress refreshes
     eval_envs: int = 64  # greedy evaluation episodes per seed at the end
+    # a seed whose losses or weights go non-finite: stop the run (its last good checkpoint kept)
+    # or exclude that seed from the results and go on (a sweep over seeds)
+    on_divergence: Literal["stop", "exclude"] = "stop"
 
 
 def main(args: Args) -> dict:
@@ -43,24 +47,27 @@ def main(args: Args) -> dict:
     env, env_params = envs.make(args.env, **parse_env_kwargs(args.env_kwargs))
     ppo = make_ppo(args.ppo, env, env_params)
     state, metrics, timing = train_policy(
-        study.folder(), ppo, study.key("train"), args.seeds, args.updates_per_chunk, args.progress
-    )
+        study.folder(), ppo, study.key("train"), args.seeds, args.updates_per_chunk,
+        args.progress, exclude_diverged=args.on_divergence == "exclude",
+    )  # fmt: skip
     params = ppo.policy_params(state)
     greedy = lambda p, k: evaluate(k, env, env_params, ppo.policy, p, args.eval_envs)
     evals = jax.jit(jax.vmap(greedy))(params, study.seed_keys("evaluate"))
-    eval_return = np.asarray(evals["return"].mean(axis=1))  # [S]
+    eval_return = np.array(evals["return"].mean(axis=1))  # [S]
+    kept = np.setdiff1d(np.arange(args.seeds), timing["diverged_seeds"])  # the seeds aggregated
+    eval_return[timing["diverged_seeds"]] = np.nan
     env_steps = (np.arange(args.ppo.num_updates) + 1) * args.ppo.batch_size
     plot_curves(
         study.path / "learning_curve.png",
         env_steps,
-        {"PPO": metrics["return"]},
+        {"PPO": metrics["return"][kept]},
         "environment steps per seed",
         "episode return (training)",
         f"PPO on {args.env}",
     )
     results = {
-        "train_return_iqm_ci": iqm_ci(final_score(metrics["return"])),
-        "greedy_return_iqm_ci": iqm_ci(eval_return),
+        "train_return_iqm_ci": iqm_ci(final_score(metrics["return"])[kept]),
+        "greedy_return_iqm_ci": iqm_ci(eval_return[kept]),
         "greedy_return_per_seed": eval_return.tolist(),
         **timing,
     }
@@ -78,6 +85,12 @@ def _summary(args: Args, r: dict) -> str:
         f"{args.ppo.num_updates * args.ppo.batch_size:,} env steps per seed; wall-clock "
         f"{r['wall_s']:.1f} s (compile {r['compile_s']:.1f} s), "
         f"{r['steps_per_s']:,.0f} env steps/s over all seeds.\n"
+        + (
+            f"\n**{len(r['diverged_seeds'])} of {args.seeds} seeds diverged** (seeds "
+            f"{r['diverged_seeds']}) and are excluded from the figures above.\n"
+            if r["diverged_seeds"]
+            else ""
+        )
     )
 
 

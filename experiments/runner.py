@@ -192,7 +192,7 @@ def run_loop(
     chunk: int = 1,
     index: str = "update",
     on_chunk: Callable[[int, int, dict], None] | None = None,
-    loss_limit: float = 1e12,
+    loss_limit: float | None = 1e12,
 ) -> tuple[Any, list[dict]]:
     """Run ``state, metrics = step(state, start, n)`` over ``[0, total)`` in chunks, resumably.
 
@@ -203,8 +203,9 @@ def run_loop(
     must be deterministic in ``(state, start, n)`` for a resumed run to equal an uninterrupted
     one. ``on_chunk(start, n, metrics)`` runs after each chunk (progress, logging). A chunk
     whose metrics named ``*loss*`` are non-finite or past ``loss_limit`` in size raises
-    ``DivergenceError`` before anything of it is written: the last good checkpoint stays.
-    Returns the final state and every metrics line.
+    ``DivergenceError`` before anything of it is written: the last good checkpoint stays
+    (``loss_limit=None``: ``step`` checks its own). Returns the final state and every metrics
+    line.
     """
     if total < 1 or chunk < 1:
         raise ValueError(f"total={total} and chunk={chunk} must be >= 1")
@@ -224,7 +225,8 @@ def run_loop(
         n = min(chunk, total - done)
         state, metrics = jax.block_until_ready(step(state, done, n))
         metrics = jax.tree.map(np.asarray, metrics)
-        _check_losses(metrics, done, loss_limit, ckpt)
+        if loss_limit is not None:
+            _check_losses(metrics, done, loss_limit, ckpt)
         lines = [
             {index: done + i, **{k: _finite_or_none(v[i].tolist()) for k, v in metrics.items()}}
             for i in range(n)
@@ -237,14 +239,22 @@ def run_loop(
     return state, folder.read_metrics(index=index)
 
 
+def _diverging(metrics: dict, limit: float) -> dict[str, np.ndarray]:
+    """{loss name: bad [n, seeds...]}: which of ``metrics``' losses ({name: [n, ...]}) are
+    non-finite or larger than ``limit`` in size."""
+    bad = {}
+    for name, value in metrics.items():
+        if "loss" in name:
+            value = np.asarray(value, np.float64).reshape(len(value), -1)  # [n, seeds...]
+            bad[name] = ~np.isfinite(value) | (np.abs(value) > limit)
+    return bad
+
+
 def _check_losses(metrics: dict, start: int, limit: float, ckpt: Checkpointer) -> None:
     """Raise ``DivergenceError`` naming the first loss in ``metrics`` ({name: [n, ...]}) that is
     non-finite or larger than ``limit`` in size: its update and the seeds (or runs) it hit."""
-    for name, value in metrics.items():
-        if "loss" not in name:
-            continue
-        value = np.asarray(value, np.float64).reshape(len(value), -1)  # [n, seeds...]
-        bad = ~np.isfinite(value) | (np.abs(value) > limit)
+    for name, bad in _diverging(metrics, limit).items():
+        value = np.asarray(metrics[name], np.float64).reshape(len(bad), -1)
         if bad.any():
             step, _ = np.argwhere(bad)[0]
             which = np.flatnonzero(bad[step]).tolist()
@@ -285,6 +295,38 @@ def _chunk_program(agent: Agent, n: int) -> Any:
     return programs[n]
 
 
+def _exclude(
+    metrics: dict, diverged: np.ndarray, finite: np.ndarray, start: int, limit: float
+) -> dict:
+    """``metrics`` ({name: [n, S, ...]}) with the seeds that diverge in this chunk added to
+    ``diverged`` [S] (updated in place; a warning names each), every diverged seed's values NaN
+    from its diverging update on, and a ``diverged`` [n, S] metric; raises ``DivergenceError``
+    once every seed has diverged."""
+    n, num_seeds = len(next(iter(metrics.values()))), diverged.size
+    first = np.full(num_seeds, n)  # the update (within the chunk) each seed diverged at
+    first[diverged] = 0
+    for bad in _diverging(metrics, limit).values():
+        hit = bad.reshape(n, num_seeds, -1).any(-1)  # [n, S]
+        first = np.minimum(first, np.where(hit.any(0), hit.argmax(0), n))
+    first[~finite & (first == n)] = n - 1  # parameters went non-finite without a loss saying so
+    for seed in np.flatnonzero((first < n) & ~diverged):
+        warnings.warn(
+            f"seed {seed} diverged at update {start + first[seed]}; its metrics are NaN from "
+            "there on and it is excluded from aggregates",
+            stacklevel=2,
+        )
+    gone = np.arange(n)[:, None] >= first[None, :]  # [n, S]
+    diverged |= first < n
+    if diverged.all():
+        raise DivergenceError(
+            f"training diverged in every seed (the last at update {start + first.max()}); "
+            "lower the learning rate(s) and train again in a fresh folder."
+        )
+    nan_after = lambda v: np.where(gone.reshape(n, num_seeds, *([1] * (v.ndim - 2))), np.nan, v)
+    out = {k: nan_after(np.asarray(v, np.float64)) for k, v in metrics.items()}
+    return {**out, "diverged": gone.astype(np.float64)}
+
+
 def run_chunked(
     agent: Agent,
     key: jax.Array,
@@ -292,11 +334,20 @@ def run_chunked(
     folder: RunFolder,
     updates_per_chunk: int = 50,
     progress: bool = True,
-) -> tuple[Any, dict[str, np.ndarray], dict[str, float]]:
+    exclude_diverged: bool = False,
+    loss_limit: float = 1e12,
+) -> tuple[Any, dict[str, np.ndarray], dict[str, Any]]:
     """Train ``num_seeds`` seeds of ``agent`` (vmapped ``update``s) for ``agent.num_updates``.
 
     Returns (final batched state, metrics {name: [num_seeds, num_updates, ...]}, timing).
     The metrics lines count ``agent.step_unit`` (``env_steps`` or ``gradient_steps``) per seed.
+
+    Divergence (a ``*loss*`` metric non-finite or past ``loss_limit`` in size, or non-finite
+    policy parameters after a chunk) raises ``DivergenceError`` with the last good checkpoint
+    kept; with ``exclude_diverged`` the run goes on instead and a diverged seed's metrics are
+    NaN from its diverging update on, its ``diverged`` metric 1, and its index listed in
+    ``timing["diverged_seeds"]`` (which callers leave out of aggregates); only all seeds
+    diverging stops the run.
     """
     if num_seeds < 1 or updates_per_chunk < 1:
         raise ValueError("num_seeds and updates_per_chunk must be >= 1")
@@ -309,6 +360,9 @@ def run_chunked(
     per_update = agent.steps_per_update
     compiled: dict[int, Any] = {}
     timing = {"compile_s": 0.0, "run_s": 0.0}
+    stored = folder.read_metrics()  # a resumed run's diverged seeds stay excluded
+    diverged = np.asarray(stored[-1].get("diverged", 0) if stored else 0) > 0
+    diverged = np.broadcast_to(diverged, (num_seeds,)).copy()
 
     def step(state, start, n):
         if n not in compiled:
@@ -318,14 +372,16 @@ def run_chunked(
         tr = time.perf_counter()
         state, metrics, finite = jax.block_until_ready(compiled[n](state))
         timing["run_s"] += time.perf_counter() - tr
-        if not np.all(finite):
+        metrics = {k: np.moveaxis(np.asarray(v), 0, 1) for k, v in metrics.items()}  # [n, S, ...]
+        if not exclude_diverged and not np.all(finite):
             raise DivergenceError(
                 f"training diverged: non-finite policy parameters in seeds "
                 f"{np.flatnonzero(~np.asarray(finite)).tolist()} during updates {start}-"
                 f"{start + n - 1}; the last good checkpoint (if any) is kept in {folder.path}. "
                 "Lower the learning rate(s) and train again in a fresh folder."
             )
-        metrics = {k: np.moveaxis(np.asarray(v), 0, 1) for k, v in metrics.items()}  # [n, S, ...]
+        if exclude_diverged:
+            metrics = _exclude(metrics, diverged, np.asarray(finite), start, loss_limit)
         steps = (start + 1 + np.arange(n)) * per_update
         return state, {agent.step_unit.replace(" ", "_"): steps, **metrics}
 
@@ -349,16 +405,19 @@ def run_chunked(
         rate = last["steps"] / max(timing["run_s"], 1e-9)
         bar.set_postfix(steps_per_s=f"{rate:,.0f}", ret=f"{last['return']:.2f}")
 
+    limit = None if exclude_diverged else loss_limit  # step checks its own when excluding
     state, lines = run_loop(
-        folder, state, step, agent.num_updates, updates_per_chunk, on_chunk=on_chunk
-    )
+        folder, state, step, agent.num_updates, updates_per_chunk, on_chunk=on_chunk,
+        loss_limit=limit,
+    )  # fmt: skip
     bar.close()
-    names = [k for k in lines[0] if k not in ("update", "env_steps", "gradient_steps")]
+    names = [k for k in lines[0] if k not in ("update", "env_steps", "gradient_steps", "diverged")]
     metrics = {
         k: np.moveaxis(np.array([_nan_for_none(m[k]) for m in lines], np.float64), 0, 1)
         for k in names
     }
     timing |= {  # steps_per_s: over all seeds, this call's chunks only (NaN if none ran)
+        "diverged_seeds": np.flatnonzero(diverged).tolist(),
         "wall_s": time.perf_counter() - t0,
         "steps_per_s": last["steps"] / timing["run_s"] if timing["run_s"] else float("nan"),
     }

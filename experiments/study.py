@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 #: Arguments that change how a run is carried out, never its results.
-RUN_ONLY = ("out", "progress", "updates_per_chunk", "overwrite")
+RUN_ONLY = ("out", "progress", "updates_per_chunk", "overwrite", "on_divergence")
 
 
 @dataclasses.dataclass
@@ -202,16 +202,21 @@ def train_policy(
     updates_per_chunk: int = 50,
     progress: bool = True,
     metadata: Mapping[str, Any] | None = None,
-) -> tuple[Any, dict[str, np.ndarray], dict[str, float]]:
+    exclude_diverged: bool = False,
+) -> tuple[Any, dict[str, np.ndarray], dict[str, Any]]:
     """Train ``num_seeds`` seeds of ``agent`` in ``folder`` (resumable) and export the first
-    seed's policy to ``folder/policy`` (``agents.core.load_policy`` reads it back).
+    seed's policy (the first that did not diverge, with ``exclude_diverged``: see
+    ``run_chunked``) to ``folder/policy`` (``agents.core.load_policy`` reads it back).
 
     Returns the final batched state, metrics {name: [num_seeds, num_updates]} and timing.
     """
-    state, metrics, timing = run_chunked(agent, key, num_seeds, folder, updates_per_chunk, progress)
+    state, metrics, timing = run_chunked(
+        agent, key, num_seeds, folder, updates_per_chunk, progress, exclude_diverged
+    )
     target = folder.path / "policy"
     if not target.exists():
-        params = jax.tree.map(lambda x: x[0], agent.policy_params(state))
+        first = min(set(range(num_seeds)) - set(timing["diverged_seeds"]))
+        params = jax.tree.map(lambda x: x[first], agent.policy_params(state))
         export_policy(target, agent.policy, params, {**folder.config, **(metadata or {})})
     return state, metrics, timing
 

@@ -13,7 +13,7 @@ os.environ.setdefault(
     "--xla_cpu_use_thunk_runtime=false",
 )
 
-import jax  # noqa: E402
+import jax
 import pytest
 
 

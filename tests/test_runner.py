@@ -167,6 +167,57 @@ def test_a_diverging_agent_stops_before_its_nan_weights_are_saved(tmp_path):
     assert Checkpointer(tmp_path / "checkpoints", {}).latest_step() is None
 
 
+def growing_agent(num_updates: int = 6):
+    """A toy agent whose weight grows by a per-seed factor each update: 1.5 for a seed whose key
+    draws above 0.5 (it passes ``loss_limit=1e3`` at update 17) and 0.5 otherwise."""
+    from agents.core import Agent, Policy
+
+    def init(key):
+        return {"w": jax.numpy.ones(()), "rate": jax.numpy.where(
+            jax.random.uniform(key) > 0.5, 1.5, 0.5)}  # fmt: skip
+
+    def update(state):
+        state = {**state, "w": state["w"] * state["rate"]}
+        return state, {"loss": state["w"], "return": 1.0 / state["w"]}
+
+    policy = Policy(lambda p, c, o, k, d: (c, o), lambda b: (), {})
+    return Agent(policy, init, update, update, lambda s: s, num_updates, 1, "gradient steps")
+
+
+@pytest.mark.filterwarnings("ignore:seed .* diverged")
+def test_diverged_seeds_are_excluded_and_stay_excluded_on_resume(tmp_path):
+    keys = jax.random.split(jax.random.key(0), 4)
+    grows = np.array([float(jax.random.uniform(k)) > 0.5 for k in keys])
+    assert grows.any() and not grows.all()  # the fixture: some seeds diverge, some do not
+    agent = growing_agent(24)
+    run = lambda path, chunk: run_chunked(
+        agent, jax.random.key(0), 4, RunFolder(path, {}), chunk, False, True, loss_limit=1e3
+    )
+    with pytest.raises(DivergenceError, match="update 17"):  # the default stops the run
+        run_chunked(agent, jax.random.key(0), 4, RunFolder(tmp_path / "stop", {}), 8, False,
+                    loss_limit=1e3)  # fmt: skip
+    with pytest.warns(UserWarning, match="diverged at update 17"):
+        _, metrics, timing = run(tmp_path / "a", 8)
+    assert timing["diverged_seeds"] == np.flatnonzero(grows).tolist()
+    assert np.isnan(metrics["loss"][grows, 17:]).all()
+    assert np.isfinite(metrics["loss"][grows, :17]).all()
+    assert np.isfinite(metrics["loss"][~grows]).all()
+    assert Checkpointer(tmp_path / "a" / "checkpoints", {}).latest_step() == 24  # it went on
+
+    # stopped after the divergence (the first 16 updates, then 8 more): the same result
+    run_chunked(growing_agent(16), jax.random.key(0), 4, RunFolder(tmp_path / "b", {}), 8,
+                False, True, loss_limit=1e3)  # fmt: skip
+    _, resumed, again = run(tmp_path / "b", 8)
+    assert again["diverged_seeds"] == timing["diverged_seeds"]
+    np.testing.assert_array_equal(resumed["loss"], metrics["loss"])
+
+    everyone = growing_agent(24)
+    everyone.init = lambda key: {"w": jax.numpy.ones(()), "rate": jax.numpy.array(1.5)}
+    with pytest.raises(DivergenceError, match="every seed"):
+        run_chunked(everyone, jax.random.key(0), 2, RunFolder(tmp_path / "c", {}), 8, False,
+                    True, loss_limit=1e3)  # fmt: skip
+
+
 def test_bad_settings_are_named_before_training(monkeypatch):
     import agents.hparams
 
