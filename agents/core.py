@@ -35,9 +35,11 @@ from agents.checkpoint import load_params, save_params
 
 __all__ = [
     "Agent",
+    "DivergenceError",
     "Policy",
     "batched",
     "build_policy",
+    "check_losses",
     "export_policy",
     "load_policy",
     "policy_spec",
@@ -148,6 +150,36 @@ class Agent:
     def _train(self, key: jax.Array) -> tuple[PyTree, Metrics]:
         """A whole run: ``num_updates`` updates from ``init(key)``; metrics [num_updates]."""
         return jax.lax.scan(lambda s, _: self.update(s), self.init(key), None, self.num_updates)
+
+
+class DivergenceError(RuntimeError):
+    """Training produced non-finite or exploding losses or parameters; the run stopped."""
+
+
+def check_losses(
+    metrics: Mapping[str, Any], what: str = "training", limit: float = 1e12, start: int = 0,
+    fix: str = "Lower the learning rate(s), check the reward scale and the data, and train again.",
+) -> None:  # fmt: skip
+    """Raise ``DivergenceError`` naming the first metric called ``*loss*`` in ``metrics``
+    ({name: [n, ...]}; nested dicts searched) that is non-finite or past ``limit`` in size: its
+    update (counted from ``start``), the batch indices (seeds or runs) it hit, and ``fix``."""
+    for name, value in metrics.items():
+        if isinstance(value, Mapping):
+            check_losses(value, what, limit, start, fix)
+            continue
+        if "loss" not in name:
+            continue
+        value = np.asarray(value, np.float64)
+        value = value.reshape(len(value), -1) if value.ndim else value.reshape(1, 1)
+        bad = ~np.isfinite(value) | (np.abs(value) > limit)  # [n, batch...]
+        if bad.any():
+            step, _ = np.argwhere(bad)[0]
+            which = np.flatnonzero(bad[step]).tolist()
+            raise DivergenceError(
+                f"{what} diverged: {name} = {value[step, which[0]]:.3g} at update "
+                f"{start + step} (seed or run index {which} of the batch; limit +-{limit:g}). "
+                + fix
+            )
 
 
 def batched(make: Callable[[PyTree], Agent], settings: PyTree) -> Agent:

@@ -40,6 +40,7 @@ from flax import struct
 from flax.training.train_state import TrainState
 from tqdm import tqdm
 
+from agents.core import check_losses
 from agents.hparams import check_fits, require, require_fields, static, sweepable
 from agents.networks import ResidualMLP, activation_fn, torch_dense
 from envs.core import is_concrete
@@ -449,6 +450,7 @@ def fit(
             n = min(chunk, total - done)
             state, chunk_losses = train(state, data, k_train, cond, num_steps=n)
             losses.append(np.asarray(chunk_losses))
+            check_losses({"loss": losses[-1]}, "diffusion training", start=done)
             done += n
             bar.update(n)
             bar.set_postfix(loss=f"{losses[-1][-max(1, n // 10) :].mean():.4f}")

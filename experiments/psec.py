@@ -36,7 +36,7 @@ from agents.evaluation import evaluate
 from agents.sac import SACConfig
 from experiments.plots import plot_intervals
 from experiments.runner import fmt_ci, iqm_ci
-from experiments.study import Study, StudyArgs, demonstrations, sac_experts
+from experiments.study import Study, StudyArgs, demonstrations, sac_experts, seedwise
 from skills.compose import ComposeConfig, make_composition
 from skills.library import SkillLibrary, composing_policy, skill_agent
 
@@ -107,14 +107,14 @@ def main(args: Args) -> dict:
         )
         for n, k in episodes.items()
     }
-    per_seed = lambda fn, *xs: jax.jit(jax.vmap(fn))(*xs)
     final = lambda metrics: np.asarray(metrics["return"])[:, -1]  # [S]: the last evaluation
 
     def base(model: str) -> tuple[dict, Any, np.ndarray]:
         """Each seed's base (``model``) cloned from the first behaviour: spec, params, score."""
         config = args.base.replace(model=model)
         agent = make_diffusion_bc(config, data[first], env, task(first))
-        state, metrics = per_seed(agent.train, study.seed_keys("base", model))
+        keys = study.seed_keys("base", model)
+        state, metrics = seedwise(agent.train, keys, what=f"the {model} base")
         return agent.policy.spec, jax.vmap(agent.policy_params)(state)["net"], final(metrics)
 
     def skills(spec: dict, bases: Any, rank: int) -> tuple[dict, dict]:
@@ -128,7 +128,8 @@ def main(args: Args) -> dict:
                 state, metrics = agent.train(key)
                 return agent.policy_params(state)["adapters"], metrics
 
-            return per_seed(one, bases, study.seed_keys("skill", name, rank, spec["model"]))
+            keys = study.seed_keys("skill", name, rank, spec["model"])
+            return seedwise(one, bases, keys, what=f"skill {name!r}")
 
         trained = {name: learn(name) for name in skill_names}
         adapters = {n: jax.tree.map(lambda x: x[:, 0], a) for n, (a, _) in trained.items()}
@@ -144,7 +145,7 @@ def main(args: Args) -> dict:
             )
             return agent.train(key)[1]
 
-        return final(per_seed(one, bases, adapters, study.seed_keys("compose", name)))
+        return final(seedwise(one, bases, adapters, study.seed_keys("compose", name), what=name))
 
     def tuned(spec: dict, bases: Any, rank: int, name: str) -> np.ndarray:
         """Each seed's base tuned on the target: a LoRA of ``rank``, or fully at rank 0."""
@@ -161,7 +162,7 @@ def main(args: Args) -> dict:
                 )
             return agent.train(key)[1]
 
-        return final(per_seed(one, bases, study.seed_keys(name)))
+        return final(seedwise(one, bases, study.seed_keys(name), what=name))
 
     def alone(spec: dict, bases: Any, adapters: dict) -> dict[str, np.ndarray]:
         """Each seed's skills, each alone on the target: greedy returns {skill: [S]}."""
@@ -174,7 +175,7 @@ def main(args: Args) -> dict:
             return evaluate(key, env, target_task, policy, params, episodes)["return"].mean()
 
         over_skills = jax.vmap(run, in_axes=(None, 0, None))  # [K]
-        returns = per_seed(over_skills, bases, stacked, study.seed_keys("alone"))  # [S, K]
+        returns = seedwise(over_skills, bases, stacked, study.seed_keys("alone"))  # [S, K]
         return {f"{n} skill alone": np.asarray(returns[:, i]) for i, n in enumerate(adapters)}
 
     # 1. the base, 2. the skills, 3. every arm on the target
@@ -186,7 +187,8 @@ def main(args: Args) -> dict:
     target |= alone(spec, bases, adapters)
     config = args.skill.replace(rank=0)
     scratch = make_diffusion_bc(config, data[target_name], env, task(target_name))
-    target["scratch"] = final(per_seed(scratch.train, study.seed_keys("scratch"))[1])
+    keys = study.seed_keys("scratch")
+    target["scratch"] = final(seedwise(scratch.train, keys, what="scratch")[1])
     target["full fine-tuning"] = tuned(spec, bases, 0, "fine-tune")
     target["LoRA on the target (no composition)"] = tuned(
         spec, bases, args.skill.rank, "lora-target"

@@ -35,7 +35,7 @@ from agents.iql import IQLConfig, advantage_weights, make_iql
 from agents.sac import SACConfig
 from experiments.plots import plot_intervals
 from experiments.runner import fmt_ci, iqm_ci
-from experiments.study import Study, StudyArgs, demonstrations, sac_experts
+from experiments.study import Study, StudyArgs, demonstrations, sac_experts, seedwise
 from skills.compose import ComposeConfig, make_composition
 from skills.library import SkillLibrary, composing_policy, skill_agent
 
@@ -108,18 +108,17 @@ def main(args: Args) -> dict:
             "noise levels"
         )
     safe_data = jax.tree.map(lambda x: x[safe], data)
-    per_seed = lambda fn, *xs: jax.jit(jax.vmap(fn))(*xs)
 
     # 1. the base (the BC arm) and each seed's IQL critics of the reward and of minus the cost
     base_agent = make_diffusion_bc(args.base, data, env, env_params)
-    base_state, _ = per_seed(base_agent.train, study.seed_keys("base"))
+    base_state, _ = seedwise(base_agent.train, study.seed_keys("base"), what="the base")
     bases = jax.vmap(base_agent.policy_params)(base_state)["net"]
     spec = base_agent.policy.spec
     labelled = {"reward": data, "cost": data._replace(reward=-cost)}
 
     def weights(name: str) -> jax.Array:  # [S, N]
         iql = make_iql(args.iql, labelled[name], env, env_params)
-        states, _ = per_seed(iql.train, study.seed_keys("iql", name))
+        states, _ = seedwise(iql.train, study.seed_keys("iql", name), what=f"IQL of the {name}")
         one = lambda state: advantage_weights(args.iql, state, labelled[name], env, env_params)
         return jax.jit(jax.vmap(one))(states)
 
@@ -128,9 +127,11 @@ def main(args: Args) -> dict:
         def one(base, w, key):
             library = SkillLibrary(spec, base)
             agent = skill_agent(library, name, data, args.skill, env, env_params, w)
-            return agent.policy_params(agent.train(key)[0])["adapters"]
+            state, metrics = agent.train(key)
+            return agent.policy_params(state)["adapters"], metrics
 
-        adapters = per_seed(one, bases, weights(name), study.seed_keys("skill", name))
+        keys = study.seed_keys("skill", name)
+        adapters, _ = seedwise(one, bases, weights(name), keys, what=f"the {name} skill")
         return jax.tree.map(lambda x: x[:, 0], adapters)
 
     skills = {name: skill(name) for name in SKILLS}  # {name: [S, ...]}
@@ -156,9 +157,10 @@ def main(args: Args) -> dict:
         def one(base, adapters, key, mix=mix):
             library = SkillLibrary(spec, base, adapters, {n: {} for n in SKILLS})
             agent = make_composition(args.compose, library, SKILLS, safe_data, env, env_params, mix)
-            return agent.policy_params(agent.train(key)[0])
+            state, metrics = agent.train(key)
+            return agent.policy_params(state), metrics
 
-        params = per_seed(one, bases, skills, study.seed_keys("compose", name))
+        params, _ = seedwise(one, bases, skills, study.seed_keys("compose", name), what=name)
         arms[name] = score(composing_policy(spec, mix), params, name)
     alone = jax.tree.map(lambda *x: jnp.stack(x, 1)[:, :, None], *skills.values())  # [S, K, 1]
     params = {"net": bases, "adapters": alone, "weights": jnp.ones((args.seeds, len(SKILLS), 1))}

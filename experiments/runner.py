@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from agents.checkpoint import Checkpointer, write_atomic
-from agents.core import Agent
+from agents.core import Agent, DivergenceError, check_losses
 
 __all__ = [
     "DivergenceError",
@@ -89,10 +89,6 @@ def _finite_or_none(x: Any) -> Any:
 
 class FolderBusy(RuntimeError):
     """Another process is running in a run folder."""
-
-
-class DivergenceError(RuntimeError):
-    """Training produced non-finite or exploding losses or parameters; the run stopped."""
 
 
 _LOCKS: dict[Path, list[int]] = {}  # run folders this process holds: {path: [fd, holders]}
@@ -251,25 +247,15 @@ def _diverging(metrics: dict, limit: float) -> dict[str, np.ndarray]:
 
 
 def _check_losses(metrics: dict, start: int, limit: float, ckpt: Checkpointer) -> None:
-    """Raise ``DivergenceError`` naming the first loss in ``metrics`` ({name: [n, ...]}) that is
-    non-finite or larger than ``limit`` in size: its update and the seeds (or runs) it hit."""
-    for name, bad in _diverging(metrics, limit).items():
-        value = np.asarray(metrics[name], np.float64).reshape(len(bad), -1)
-        if bad.any():
-            step, _ = np.argwhere(bad)[0]
-            which = np.flatnonzero(bad[step]).tolist()
-            kept = ckpt.latest_step()
-            raise DivergenceError(
-                f"training diverged: {name} = {value[step, which[0]]:.3g} at update "
-                f"{start + step} (seed or run index {which} of the batch; limit +-{limit:g}). "
-                + (
-                    f"The last good checkpoint (step {kept}) is kept in {ckpt.directory}. "
-                    if kept
-                    else "No checkpoint was written. "
-                )
-                + "Lower the learning rate(s), check the reward scale and the data, and train "
-                "again in a fresh folder."
-            )
+    """``check_losses`` for a chunk of a run: the fix names the last good checkpoint."""
+    kept = ckpt.latest_step()
+    check_losses(
+        metrics, "training", limit, start,
+        (f"The last good checkpoint (step {kept}) is kept in {ckpt.directory}. " if kept
+         else "No checkpoint was written. ")
+        + "Lower the learning rate(s), check the reward scale and the data, and train again in "
+        "a fresh folder.",
+    )  # fmt: skip
 
 
 def _nan_for_none(x: Any) -> Any:

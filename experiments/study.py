@@ -25,7 +25,7 @@ import json
 import re
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import envs
-from agents.core import Agent, Policy, batched, export_policy, load_policy
+from agents.core import Agent, Policy, batched, check_losses, export_policy, load_policy
 from agents.evaluation import evaluate
 from agents.replay import Transition
 from agents.replay.datasets import collect, dataset_complete, load_dataset, save_dataset
@@ -60,6 +60,7 @@ __all__ = [
     "parse_env_kwargs",
     "per_seed",
     "sac_experts",
+    "seedwise",
     "task_datasets",
     "train_policy",
 ]
@@ -120,6 +121,18 @@ def per_seed(x: Any) -> Any:
     if isinstance(x, Mapping):
         return {k: per_seed(v) for k, v in x.items()}
     return iqm_ci(np.asarray(x)) if np.ndim(x) == 1 else np.asarray(x).tolist()
+
+
+def seedwise(fn: Callable[..., Any], *xs: Any, what: str = "training") -> Any:
+    """``jax.jit(jax.vmap(fn))(*xs)``: a stage over seeds in one program. Every dict of metrics
+    it returns (its result, or an element of a returned tuple; [S, steps] arrays) goes through
+    ``check_losses``, so a diverged stage stops with ``DivergenceError`` naming ``what``."""
+    out = jax.jit(jax.vmap(fn))(*xs)
+    for part in out if isinstance(out, tuple) else (out,):
+        if isinstance(part, Mapping):
+            steps_first = lambda x: np.moveaxis(np.asarray(x), 0, 1) if np.ndim(x) > 1 else x
+            check_losses(jax.tree.map(steps_first, part), what)
+    return out
 
 
 def metric_lines(stage: str, index: str, at: Any, columns: Mapping[str, Any]) -> list[dict]:

@@ -28,7 +28,7 @@ import numpy as np
 
 from agents import lora
 from agents.checkpoint import load_params, save_params
-from agents.core import Agent, Policy, build_policy
+from agents.core import Agent, Policy, build_policy, check_losses
 from agents.diffusion_policy import DiffusionPolicyConfig, make_diffusion_bc
 from agents.hparams import require
 from agents.replay import Transition
@@ -236,6 +236,7 @@ def train_skill(
     the training metrics."""
     agent = skill_agent(library, name, transitions, config, env, env_params, weights)
     state, metrics = jax.jit(agent.train)(key)
+    check_losses(metrics, f"skill {name!r}")
     adapter = jax.tree.map(lambda x: x[0], agent.policy_params(state)["adapters"])
     meta = {
         "transitions": int(np.shape(transitions.reward)[0]),

@@ -201,3 +201,12 @@ def test_bad_sample_requests_are_rejected_before_compiling(no_compiles):
             make_diffusion(TINY.replace(fourier_dim=3), data_dim=3)
         with pytest.raises(ValueError, match=r"sigma_max=0\.001 must exceed"):
             make_diffusion(TINY.replace(sigma_max=0.001), data_dim=3)
+
+
+def test_a_diverging_model_stops_with_the_step_named():
+    from agents.core import DivergenceError
+
+    data = jax.random.normal(jax.random.key(0), (256, 2))
+    model = make_diffusion(TINY.replace(lr=1e9, total_steps=40), data_dim=2)
+    with pytest.raises(DivergenceError, match=r"diffusion training diverged: loss = .* update"):
+        fit(model, data, jax.random.key(1), chunk_steps=20)

@@ -10,7 +10,7 @@ import pytest
 
 import envs
 from agents import lora
-from agents.core import export_policy, load_policy
+from agents.core import DivergenceError, export_policy, load_policy
 from agents.diffusion import NoiseNet
 from agents.diffusion_policy import ContextAlpha, DiffusionPolicyConfig, make_diffusion_bc
 from agents.replay import Transition
@@ -202,6 +202,8 @@ def test_bad_input_is_named(library, tmp_path):
         train_skill(library, "wide", data, SKILL.replace(rank=64), env, params, jax.random.key(0))
     with pytest.raises(ValueError, match="rank"):
         SKILL.replace(rank=-1).validate()
+    with pytest.raises(DivergenceError, match="skill 'wild' diverged: loss"):
+        train_skill(library, "wild", data, SKILL.replace(lr=1e9), env, params, jax.random.key(0))
     empty = jax.tree.map(lambda x: x[:0], data)
     with pytest.raises(ValueError, match="skill 'empty'"):
         train_skill(library, "empty", empty, SKILL, env, params, jax.random.key(0))
