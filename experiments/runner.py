@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from agents.checkpoint import Checkpointer, write_atomic
 from agents.core import Agent, DivergenceError, check_losses
+from agents.hparams import check_fits
 
 __all__ = [
     "DivergenceError",
@@ -262,6 +263,18 @@ def _nan_for_none(x: Any) -> Any:
     return [_nan_for_none(v) for v in x] if isinstance(x, list) else np.nan if x is None else x
 
 
+def _check_memory(compiled: Any, num_seeds: int, n: int) -> None:
+    """Refuse a compiled chunk whose working memory (XLA's own count) is more than is free."""
+    use = compiled.memory_analysis()
+    if use is None:  # a backend without memory analysis
+        return
+    need = use.temp_size_in_bytes + use.output_size_in_bytes + use.argument_size_in_bytes
+    check_fits(
+        need, f"a chunk of {n} updates of {num_seeds} seeds (XLA's estimate)",
+        "train fewer seeds at once or fewer envs per seed (a smaller batch)",
+    )  # fmt: skip
+
+
 def _chunk_program(agent: Agent, n: int) -> Any:
     """The jitted, vmapped scan of ``n`` updates of ``agent``: one function per (agent, n), kept
     on the agent, so a second ``run_chunked`` of the same agent (a resume in the same process)
@@ -355,6 +368,7 @@ def run_chunked(
             tc = time.perf_counter()
             compiled[n] = _chunk_program(agent, n).lower(state).compile()
             timing["compile_s"] += time.perf_counter() - tc
+            _check_memory(compiled[n], num_seeds, n)
         tr = time.perf_counter()
         state, metrics, finite = jax.block_until_ready(compiled[n](state))
         timing["run_s"] += time.perf_counter() - tr

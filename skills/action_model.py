@@ -218,6 +218,7 @@ def make_action_model(
     """
     model = ActionModel.create(config, action_space)
     _check_demos(demos, action_space)
+    demos = jax.tree.map(jnp.asarray, demos)  # host arrays are indexed by traced batch indices
     num = demos.obs.shape[0]
     time_major = lambda x: jnp.swapaxes(x, 0, 1)  # [B, T, ...] -> [T, B, ...]
 

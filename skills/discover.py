@@ -73,6 +73,12 @@ def discover(
     discrete = isinstance(action_space, spaces.Discrete)
     require(obs.ndim == 3, f"obs must be [N trajectories, T steps, obs_dim], got {obs.shape}")
     num, length = obs.shape[:2]
+    require(
+        num >= 1 and length >= 2 * min_len,
+        f"obs holds {num} trajectories of {length} steps; a boundary needs min_len={min_len} "
+        f"steps on each side, so give trajectories of at least {2 * min_len} steps (or a smaller "
+        "min_len)",
+    )
     want = (num, length) if discrete else (num, length, int(np.prod(action_space.shape)))
     require(actions.shape == want, f"actions must have shape {want}, got {actions.shape}")
     actions = actions.astype(np.int32 if discrete else np.float32)
