@@ -65,8 +65,8 @@ ENTRIES: dict[str, tuple[str, str]] = {
         "--seeds 2 --gridworld-steps 4096 --memory-seeds 2 --memory-steps 1024 --eval-episodes 4",
     ),
 }
-#: results.json keys that measure the machine, not the run.
-CLOCKS = ("wall_s", "compile_s", "run_s", "steps_per_s", "env_steps_per_s", "timing")
+#: results.json keys that measure the machine, not the run: seconds and rates (``*_s``).
+is_clock = lambda key: key.endswith("_s") or key == "timing"
 
 
 @dataclasses.dataclass
@@ -129,7 +129,7 @@ def results_of(folder: Path) -> dict:
 
     def drop(x):
         if isinstance(x, dict):
-            return {k: drop(v) for k, v in x.items() if k not in CLOCKS}
+            return {k: drop(v) for k, v in x.items() if not is_clock(k)}
         return [drop(v) for v in x] if isinstance(x, list) else x
 
     return {
