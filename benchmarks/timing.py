@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -27,6 +28,7 @@ def timed(fn: Callable[..., Any], *args: Any, repeats: int) -> tuple[float, floa
 def write_json(out: str | None, result: Any) -> Any:
     """Write ``result`` to ``out`` as JSON when ``out`` is given; return ``result``."""
     if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w") as f:
             json.dump(result, f, indent=1)
     return result

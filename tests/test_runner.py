@@ -241,3 +241,13 @@ def test_a_finished_runs_unreadable_results_are_recomputed(tmp_path):
     assert stored_results(tmp_path / "results.json") is None
     (tmp_path / "results.json").write_text('{"score": 1}')
     assert stored_results(tmp_path / "results.json") == {"score": 1}
+
+
+def test_the_bad_input_campaign_sorts_its_cases(tmp_path):
+    """``tests/bad_inputs.py`` (the README's campaign) on its cheapest cases."""
+    import bad_inputs
+
+    totals = bad_inputs.main(bad_inputs.Args(only="discrete", out=str(tmp_path / "b.json")))
+    assert totals == {"named": 8, "counted": 0, "opaque": 0, "silent": 0}
+    assert bad_inputs.outcome(lambda: None, "anything")[0] == "silent"
+    assert bad_inputs.outcome(lambda: 1 / 0, "named thing")[0] == "opaque"

@@ -7,8 +7,8 @@ diverging learning rate) to the public entry point a researcher would use and so
 error that does not say what was wrong) or **silent** (accepted without a word). Prints each
 case and the totals; exits non-zero if any case is opaque or silent.
 
-    python -m benchmarks.bad_inputs
-    python -m benchmarks.bad_inputs --only action
+    python tests/bad_inputs.py
+    python tests/bad_inputs.py --only action
 """
 
 from __future__ import annotations
