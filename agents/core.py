@@ -40,6 +40,7 @@ __all__ = [
     "batched",
     "build_policy",
     "check_losses",
+    "diverging",
     "export_policy",
     "load_policy",
     "policy_spec",
@@ -156,6 +157,25 @@ class DivergenceError(RuntimeError):
     """Training produced non-finite or exploding losses or parameters; the run stopped."""
 
 
+def _losses(metrics: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """{name: value [n, batch]} (float64) of every metric called ``*loss*`` in ``metrics``
+    ({name: [n, ...]}; nested dicts searched)."""
+    out = {}
+    for name, value in metrics.items():
+        if isinstance(value, Mapping):
+            out |= _losses(value)
+        elif "loss" in name:
+            value = np.asarray(value, np.float64)
+            out[name] = value.reshape(len(value), -1) if value.ndim else value.reshape(1, 1)
+    return out
+
+
+def diverging(metrics: Mapping[str, Any], limit: float = 1e12) -> dict[str, np.ndarray]:
+    """{name: bad [n, batch]}: which entries of each ``*loss*`` metric in ``metrics`` are
+    non-finite or past ``limit`` in size."""
+    return {k: ~np.isfinite(v) | (np.abs(v) > limit) for k, v in _losses(metrics).items()}
+
+
 def check_losses(
     metrics: Mapping[str, Any], what: str = "training", limit: float = 1e12, start: int = 0,
     fix: str = "Lower the learning rate(s), check the reward scale and the data, and train again.",
@@ -163,15 +183,9 @@ def check_losses(
     """Raise ``DivergenceError`` naming the first metric called ``*loss*`` in ``metrics``
     ({name: [n, ...]}; nested dicts searched) that is non-finite or past ``limit`` in size: its
     update (counted from ``start``), the batch indices (seeds or runs) it hit, and ``fix``."""
-    for name, value in metrics.items():
-        if isinstance(value, Mapping):
-            check_losses(value, what, limit, start, fix)
-            continue
-        if "loss" not in name:
-            continue
-        value = np.asarray(value, np.float64)
-        value = value.reshape(len(value), -1) if value.ndim else value.reshape(1, 1)
-        bad = ~np.isfinite(value) | (np.abs(value) > limit)  # [n, batch...]
+    values = _losses(metrics)
+    for name, bad in diverging(values, limit).items():
+        value = values[name]
         if bad.any():
             step, _ = np.argwhere(bad)[0]
             which = np.flatnonzero(bad[step]).tolist()

@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from agents.checkpoint import Checkpointer, write_atomic
-from agents.core import Agent, DivergenceError, check_losses
+from agents.core import Agent, DivergenceError, check_losses, diverging
 from agents.hparams import check_fits
 
 __all__ = [
@@ -236,17 +236,6 @@ def run_loop(
     return state, folder.read_metrics(index=index)
 
 
-def _diverging(metrics: dict, limit: float) -> dict[str, np.ndarray]:
-    """{loss name: bad [n, seeds...]}: which of ``metrics``' losses ({name: [n, ...]}) are
-    non-finite or larger than ``limit`` in size."""
-    bad = {}
-    for name, value in metrics.items():
-        if "loss" in name:
-            value = np.asarray(value, np.float64).reshape(len(value), -1)  # [n, seeds...]
-            bad[name] = ~np.isfinite(value) | (np.abs(value) > limit)
-    return bad
-
-
 def _check_losses(metrics: dict, start: int, limit: float, ckpt: Checkpointer) -> None:
     """``check_losses`` for a chunk of a run: the fix names the last good checkpoint."""
     kept = ckpt.latest_step()
@@ -304,7 +293,7 @@ def _exclude(
     n, num_seeds = len(next(iter(metrics.values()))), diverged.size
     first = np.full(num_seeds, n)  # the update (within the chunk) each seed diverged at
     first[diverged] = 0
-    for bad in _diverging(metrics, limit).values():
+    for bad in diverging(metrics, limit).values():
         hit = bad.reshape(n, num_seeds, -1).any(-1)  # [n, S]
         first = np.minimum(first, np.where(hit.any(0), hit.argmax(0), n))
     first[~finite & (first == n)] = n - 1  # parameters went non-finite without a loss saying so
