@@ -59,3 +59,30 @@ def evaluate(
         step, init, jax.random.split(key, num_steps)
     )
     return {"return": ret, "cost": cost, "length": length, "finished": ~running}
+
+
+def record(
+    key: jax.Array,
+    env: Any,
+    env_params: Any,
+    policy: Policy,
+    params: Params,
+    num_steps: int,
+    deterministic: bool = True,
+) -> tuple[jax.Array, jax.Array]:
+    """Frames (uint8 [num_steps + 1, H, W, 3], ``env.render``) of one env acted in by ``policy``
+    from a reset (an episode that ends restarts, as the env's ``step`` does), and the rewards
+    [num_steps]."""
+    key, k_reset = jax.random.split(key)
+    obs, state = env.reset(k_reset, env_params)
+
+    def step(carry, key):
+        memory, obs, state = carry
+        k_act, k_env = jax.random.split(key)
+        memory, action = policy.act(params, memory, obs[None], k_act, deterministic)
+        obs, state, reward, *_ = env.step(k_env, state, action[0], env_params)
+        return (memory, obs, state), (env.render(state, env_params), reward)
+
+    init = (policy.initial_carry(1), obs, state)
+    _, (frames, rewards) = jax.lax.scan(step, init, jax.random.split(key, num_steps))
+    return jnp.concatenate([env.render(state, env_params)[None], frames]), rewards

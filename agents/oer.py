@@ -334,6 +334,7 @@ def select_mbes(
     max_steps = 20 * num // num_chains + 1 if max_steps is None else max_steps
     start_logits = jnp.where(starts & valid, 0.0, -jnp.inf)
     restart = lambda k: jax.random.categorical(k, start_logits, shape=(num_chains,))
+    sq_norm = jnp.where(valid, jnp.square(data.obs).sum(-1), jnp.inf)  # [N]
 
     def step(carry):
         order, current, t, key, confident_steps = carry
@@ -342,18 +343,19 @@ def select_mbes(
         mean, var = predict(s, act(s))  # [K, C, D]
         member = jax.random.randint(k_member, (num_chains,), 0, mean.shape[0])
         predicted = mean[member, chains]  # [C, D]
-        dist = jnp.square(data.obs[None] - s[:, None]).sum(-1)  # [C, N]
-        neighbours = jax.lax.top_k(-jnp.where(valid, dist, jnp.inf), num_neighbours)[1]
+        dist = sq_norm[None] - 2.0 * s @ data.obs.T  # [C, N]: squared distance minus |s|^2
+        neighbours = jax.lax.top_k(-dist, num_neighbours)[1]  # [C, k]
         next_obs = data.next_obs[neighbours]  # [C, k, D]
-        nearest = jnp.argmin(jnp.square(next_obs - predicted[:, None]).sum(-1), axis=1)
         model_var = (var.mean(0) + mean.var(0)).mean(-1)  # predictive variance [C]
         confident = model_var < variance_ratio * next_obs.var(1).mean(-1)
+        # the kept neighbour nearest the prediction; already kept ones only if all are
+        miss = jnp.square(next_obs - predicted[:, None]).sum(-1)  # [C, k]
+        miss = jnp.where(order[neighbours] < NEVER, jnp.inf, miss)
+        nearest = jnp.argmin(miss, axis=1)
         chosen = jnp.where(confident, neighbours[chains, nearest], current)
-        seen = order[chosen] < NEVER  # a path already taken: it would only repeat itself
-        order = order.at[chosen].min(t * num_chains + chains)
+        order = order.at[chosen].min(t * num_chains + chains)  # a no-op on a kept one
         successor = chosen + 1
         ends = done[chosen] | (successor >= size) | starts[jnp.minimum(successor, capacity - 1)]
-        ends = ends | seen
         current = jnp.where(ends, restart(k_restart), successor)
         return order, current, t + 1, key, confident_steps + confident.sum()
 
@@ -363,7 +365,7 @@ def select_mbes(
     key, k_start, k_fill = jax.random.split(key, 3)
     init = (jnp.full((capacity,), NEVER, jnp.int32), restart(k_start), 0, key, 0)
     order, _, steps, _, confident_steps = jax.lax.while_loop(running, step, init)
-    chained = (order < NEVER).sum()
+    chained = jnp.minimum((order < NEVER).sum(), num)  # the last step may find a few more
     chosen_first = order.astype(jnp.float32) / (max_steps * num_chains + 1)  # [0, 1)
     rank = jnp.where(order < NEVER, chosen_first, 1.0 + jax.random.uniform(k_fill, (capacity,)))
     picked = jax.lax.top_k(-jnp.where(valid, rank, jnp.inf), num)[1]

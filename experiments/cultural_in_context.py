@@ -85,7 +85,9 @@ def main(args: MemoryArgs | GoalArgs) -> dict:
         run = config_dict(run | {"task": task, "num_trials": num_trials})
         agent = make_ppo(args.ppo, *env_and_params)
         folder, chunk = RunFolder(study.path / name, run), args.updates_per_chunk
-        state, metrics, timing = train_policy(folder, agent, key, S, chunk, args.progress)
+        state, metrics, timing = train_policy(
+            folder, agent, key, S, chunk, args.progress, video=(*env_and_params, args.video)
+        )
         return agent.policy, agent.policy_params(state), metrics["return"], timing
 
     conditions = list(TRAINED_VISIBILITY) if args.ablations else ["decay"]

@@ -114,8 +114,9 @@ def make_task_datasets(study: Study, args: Args, task: str) -> dict:
     agent = with_snapshots(sac, env, env_params, per_stage, args.eval_episodes)
     meta = {"env": TASKS[task], "env_kwargs": env_kwargs}
     run, metrics, timing = train_policy(
-        folder, agent, study.key(task, "sac"), 1, 1, args.progress, metadata=meta
-    )
+        folder, agent, study.key(task, "sac"), 1, 1, args.progress, metadata=meta,
+        video=(env, env_params, args.video),
+    )  # fmt: skip
     run = jax.tree.map(lambda x: x[0], run)  # the one seed
 
     # Stage k ends after learning_starts + (k + 1) * snapshot_every env steps.

@@ -138,6 +138,7 @@ def run_one(study: Study, args: Args, algo: str, task: str, level: str) -> dict:
         args.updates_per_chunk,
         args.progress,
         metadata={"env_name": meta["env_name"], "env_kwargs": meta["env_kwargs"]},
+        video=(env, env_params, args.video),
     )
     final = metrics["return"][:, -1]  # [S] last evaluation of each seed
     # Scores are increasing affine maps of returns, so their IQM and bootstrap CI are the

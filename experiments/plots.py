@@ -3,6 +3,8 @@
     plot_curves(path, x, {"PPO": returns [S, N]}, "env steps", "return", "PPO on CartPole")
     plot_intervals(path, {"IQL": scores [S], "TD3+BC": scores [S]}, "normalised score")
     with figure(path, ncols=2) as (left, right): ...       # any other plot, saved and closed
+    write_gif(path, frames [T, H, W, 3])                   # a policy's video (study.write_video)
+    segment_strip(path, frames [T, H, W, 3], boundary [T]) # frames framed by detected segment
 
 Curves and intervals are the interquartile mean over seeds with 95% stratified-bootstrap
 confidence intervals, as ``experiments.runner.iqm_ci`` reports them in tables.
@@ -24,7 +26,15 @@ import numpy as np
 
 from experiments.runner import iqm
 
-__all__ = ["figure", "iqm_curves", "plot_curves", "plot_intervals", "plot_pr"]
+__all__ = [
+    "figure",
+    "iqm_curves",
+    "plot_curves",
+    "plot_intervals",
+    "plot_pr",
+    "segment_strip",
+    "write_gif",
+]
 
 MAX_POINTS = 100  # curve points bootstrapped (long curves are subsampled evenly)
 
@@ -143,3 +153,48 @@ def plot_pr(ax: Any, curves: Mapping[str, tuple[Mapping[str, Any], str]], xlabel
     for name, (c, style) in curves.items():
         ax.plot(per_point(c["recall"]), per_point(c["precision"]), style, label=name)
     ax.set(xlabel=xlabel, ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
+
+
+def write_gif(path: str | Path, frames: np.ndarray, fps: int = 25, width: int = 240) -> Path:
+    """``frames`` uint8 [T, H, W, 3] as a looping GIF at ``fps``, scaled to ``width`` pixels."""
+    from PIL import Image
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
+    size = (width, max(1, round(width * frames.shape[1] / frames.shape[2])))
+    images = [Image.fromarray(f).resize(size, Image.NEAREST) for f in frames]
+    images[0].save(
+        path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0
+    )
+    return Path(path)
+
+
+def segment_strip(
+    path: str | Path,
+    frames: np.ndarray,
+    boundary: np.ndarray,
+    every: int = 1,
+    height: int = 96,
+    border: int = 4,
+) -> Path:
+    """A strip of ``frames`` uint8 [T, H, W, 3] (every ``every``-th, scaled to ``height``
+    pixels), each framed in its segment's colour (``boundary`` bool [T]: steps that open a
+    segment), saved as a PNG."""
+    from PIL import Image
+
+    frames, boundary = np.asarray(frames), np.asarray(boundary, bool)
+    if len(frames) != len(boundary):
+        raise ValueError(f"{len(frames)} frames but {len(boundary)} boundary flags")
+    segment = np.cumsum(boundary | (np.arange(len(boundary)) == 0)) - 1
+    colours = (np.asarray(plt.get_cmap("tab10").colors) * 255).astype(np.uint8)
+    tiles = []
+    for t in range(0, len(frames), every):
+        width = max(1, round(height * frames.shape[2] / frames.shape[1]))
+        frame = np.asarray(Image.fromarray(frames[t]).resize((width, height), Image.BILINEAR))
+        tile = np.pad(frame, ((border, border), (border, border), (0, 0)))
+        tile[:border], tile[-border:] = colours[segment[t] % 10], colours[segment[t] % 10]
+        tile[:, :border], tile[:, -border:] = colours[segment[t] % 10], colours[segment[t] % 10]
+        tiles.append(tile)
+    Image.fromarray(np.concatenate(tiles, axis=1)).save(path)
+    return Path(path)

@@ -49,6 +49,7 @@ def main(args: Args) -> dict:
     state, metrics, timing = train_policy(
         study.folder(), ppo, study.key("train"), args.seeds, args.updates_per_chunk,
         args.progress, exclude_diverged=args.on_divergence == "exclude",
+        video=(env, env_params, args.video),
     )  # fmt: skip
     params = ppo.policy_params(state)
     greedy = lambda p, k: evaluate(k, env, env_params, ppo.policy, p, args.eval_envs)

@@ -84,7 +84,10 @@ def run(study: Study, name: str, config: PPOConfig, env_name: str, env_kwargs: d
     ppo = make_ppo(config, env, params)
     folder = study.folder(name, env=env_name, env_kwargs=env_kwargs, ppo=config, seeds=seeds)
     key = study.key(name, "train")
-    state, metrics, _ = train_policy(folder, ppo, key, seeds, progress=study.args.progress)
+    video = (env, params, study.args.video)
+    state, metrics, _ = train_policy(
+        folder, ppo, key, seeds, progress=study.args.progress, video=video
+    )
     greedy = lambda p, k: evaluate(k, env, params, ppo.policy, p, study.args.eval_episodes)
     keys = jax.random.split(study.key(name, "evaluate"), seeds)
     returns = jax.jit(jax.vmap(greedy))(ppo.policy_params(state), keys)["return"].mean(axis=1)

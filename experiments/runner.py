@@ -32,6 +32,7 @@ from tqdm import tqdm
 from agents.checkpoint import Checkpointer, write_atomic
 from agents.core import Agent, DivergenceError, check_losses, diverging
 from agents.hparams import check_fits
+from experiments import loggers
 
 __all__ = [
     "DivergenceError",
@@ -173,12 +174,17 @@ class RunFolder:
                     ) from None
         return [m for m in lines if upto is None or m[index] < upto]
 
-    def rewrite_metrics(self, lines: list[dict]) -> None:
+    def rewrite_metrics(self, lines: list[dict], log: bool = True) -> None:
+        """Replace the metrics lines (and send them to the open loggers when ``log``)."""
         write_atomic(self.metrics_file, "".join(json.dumps(m) + "\n" for m in lines))
+        if log:
+            loggers.log(self.path, lines)
 
     def append_metrics(self, lines: list[dict]) -> None:
+        """Add metrics lines, and send them to the open loggers (``experiments.loggers``)."""
         with self.metrics_file.open("a") as f:
             f.writelines(json.dumps(m) + "\n" for m in lines)
+        loggers.log(self.path, lines)
 
 
 def run_loop(
@@ -217,7 +223,7 @@ def run_loop(
             f"checkpoint (step {done}): it was truncated or deleted. Restore it, or delete "
             f"{ckpt.directory} to train again."
         )
-    folder.rewrite_metrics(kept)  # drop lines past the checkpoint
+    folder.rewrite_metrics(kept, log=False)  # drop lines past the checkpoint
     while done < total:
         n = min(chunk, total - done)
         state, metrics = jax.block_until_ready(step(state, done, n))

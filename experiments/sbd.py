@@ -30,7 +30,7 @@ import envs
 from agents.hparams import stack_configs
 from agents.replay import Transition
 from envs.gridworlds.multi_skill import check_params, rollout_expert
-from experiments.plots import figure, plot_curves, plot_pr
+from experiments.plots import figure, plot_curves, plot_pr, segment_strip, write_gif
 from experiments.runner import fmt_ci, iqm_ci
 from experiments.study import Study, StudyArgs, metric_lines, parse_env_kwargs, per_seed
 from skills import sbd
@@ -198,6 +198,12 @@ def main(args: Args) -> dict:
     )
     example = (true[0, 0], start[0, 0], seg["loss"].nll[0, 0], seg["loss"].boundary[0, 0])
     _plots(study, results, jax.device_get(example))
+    if args.video:  # the example trajectory's frames, framed by detected segment
+        first = jax.random.split(study.seed_keys("demos")[0], args.num_demos)[0]
+        _, frames = rollout_expert(first, env, hidden, steps, render=True)
+        n = min(args.video, steps)
+        segment_strip(study.path / "segments.png", frames[:n], example[3][:n], n // 24 or 1)
+        write_gif(study.path / "demonstration.gif", np.asarray(frames[:n]))
     return study.finish(results, _summary(args, results))
 
 

@@ -35,11 +35,12 @@ import envs
 from agents.core import Policy, load_policy
 from agents.hparams import require, stack_configs
 from agents.sac import SACConfig, make_sac
-from experiments.plots import figure, plot_curves, plot_pr
+from experiments.plots import figure, plot_curves, plot_pr, segment_strip, write_gif
 from experiments.runner import RunFolder, fmt_ci, iqm_ci
 from experiments.study import (
     Study,
     StudyArgs,
+    cannot_render,
     config_dict,
     metric_lines,
     named_key,
@@ -134,12 +135,14 @@ def behaviour_policy(args: Args, name: str) -> tuple[Policy, Any, dict]:
     path = Path(args.policies) / name
     if not (path / "policy").exists():
         env_kwargs = {"backend": "native", **BEHAVIOURS[name]}
-        sac = make_sac(args.sac, *envs.make(ENV, **env_kwargs))
+        env_and_params = envs.make(ENV, **env_kwargs)
+        sac = make_sac(args.sac, *env_and_params)
         config = {"experiment": "sbd_mujoco/policy", "behaviour": name, "seed": args.seed}
         folder = RunFolder(path, {**config, "env_kwargs": env_kwargs, "sac": config_dict(args.sac)})
         meta = {"env": ENV, "env_kwargs": env_kwargs, "env_steps": args.sac.total_steps}
         key = named_key(args.seed, "behaviour", name)
-        _, metrics, _ = train_policy(folder, sac, key, 1, 5, args.progress, meta)
+        video = (*env_and_params, args.video)
+        _, metrics, _ = train_policy(folder, sac, key, 1, 5, args.progress, meta, video=video)
         steps = args.sac.learning_starts + sac.steps_per_update * (np.arange(sac.num_updates) + 1)
         curve = {"training (stochastic)": metrics["return"]}
         plot_curves(path / "learning_curve.png", steps, curve, "env steps", "episode return", name)
@@ -168,6 +171,15 @@ def main(args: Args) -> dict:
     results["timing"]["wall_s"] = time.perf_counter() - study.start
     study.folder().rewrite_metrics(loss_lines)
     _plots(study, results, example)
+    if args.video:  # the example trajectory drawn from its observations, framed by segment
+        n = min(args.video, args.demo_steps)
+        draw = jax.jit(jax.vmap(lambda o: env.render(env.state_from_observation(o))))
+        with cannot_render() as failed:
+            frames = np.asarray(draw(jnp.asarray(example[-1][:n])))
+            segment_strip(study.path / "segments.png", frames, example[5][:n], n // 24 or 1)
+            write_gif(study.path / "demonstration.gif", frames)
+        if failed:
+            print(f"no segment strip: {failed[0]}")
     return study.finish(results, _summary(args, results))
 
 
@@ -251,7 +263,7 @@ def detect(args: Args, actors: list[tuple[Policy, Any]]) -> tuple[dict, tuple, l
     columns = {f"loss_{arm}": v for arm, v in losses.items()}
     loss_lines = metric_lines("action_model", "update", zip(every_10th, every_10th), columns)
     example = (behaviour, *(demos.info[k] for k in INFO), true, chosen["hidden"].nll)
-    example += (chosen["hidden"].boundary, chosen["revealed"].nll)
+    example += (chosen["hidden"].boundary, chosen["revealed"].nll, data.obs)
     return results, jax.device_get(jax.tree.map(lambda x: x[0, 0], example)), loss_lines
 
 
@@ -344,7 +356,7 @@ def _plots(study: Study, r: dict, example: Any = None) -> None:
     plot_curves(path / "nll_around_switch.png", r["nll_offsets"], aligned, *labels)
     if example is None:
         return
-    behaviour, x_velocity, height, true, nll, detected, nll_revealed = example
+    behaviour, x_velocity, height, true, nll, detected, nll_revealed, _ = example
     steps = np.arange(behaviour.shape[0])
     with figure(path / "example_trajectory.png", nrows=2, size=(11, 2.75)) as (top, bottom):
         shade = {"alpha": 0.15, "step": "post", "transform": top.get_xaxis_transform()}

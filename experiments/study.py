@@ -20,10 +20,13 @@ of each name) instead of seed offsets, so adding a stage never shifts another st
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
 import time
+import warnings
+import weakref
 import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -35,11 +38,13 @@ import numpy as np
 
 import envs
 from agents.core import Agent, Policy, batched, check_losses, export_policy, load_policy
-from agents.evaluation import evaluate
+from agents.evaluation import evaluate, record
 from agents.replay import Transition
 from agents.replay.datasets import collect, dataset_complete, load_dataset, save_dataset
 from agents.replay.levels import medium_snapshot, uniform_policy, with_snapshots
 from agents.sac import SACConfig, make_sac
+from experiments import loggers
+from experiments.plots import write_gif
 from experiments.runner import (
     RunFolder,
     iqm_ci,
@@ -53,6 +58,7 @@ __all__ = [
     "RUN_ONLY",
     "Study",
     "StudyArgs",
+    "cannot_render",
     "config_dict",
     "demonstrations",
     "metric_lines",
@@ -63,10 +69,11 @@ __all__ = [
     "seedwise",
     "task_datasets",
     "train_policy",
+    "write_video",
 ]
 
 #: Arguments that change how a run is carried out, never its results.
-RUN_ONLY = ("out", "progress", "updates_per_chunk", "overwrite", "on_divergence")
+RUN_ONLY = ("out", "progress", "updates_per_chunk", "overwrite", "on_divergence", "log", "video")
 
 
 @dataclasses.dataclass
@@ -78,6 +85,8 @@ class StudyArgs:
     seeds: int = 5
     progress: bool = True
     overwrite: bool = False  # a finished run: compute its results again (from its checkpoints)
+    log: tuple[loggers.Kind, ...] = ()  # metrics also to TensorBoard and/or W&B (extra "log")
+    video: int = 0  # steps of a GIF of each trained policy acting greedily (0: none)
 
 
 def parse_env_kwargs(text: str, flag: str = "--env-kwargs") -> dict[str, Any]:
@@ -161,6 +170,11 @@ class Study:
         self.config = {"experiment": name, **config_dict(args, drop=RUN_ONLY), **extra}
         if not (self.path / "config.json").exists():  # a refused resume leaves the old one
             self._write_config()
+        self._loggers = contextlib.ExitStack()  # --log: TensorBoard / W&B until finish()
+        self._loggers.enter_context(
+            loggers.opened(getattr(args, "log", ()), self.path, self.config)
+        )
+        weakref.finalize(self, self._loggers.close)
         self.start = time.perf_counter()
 
     def _write_config(self) -> None:
@@ -180,6 +194,7 @@ class Study:
             return None
         if same:
             print(f"{self.name}: finished already; results in {self.path} (--overwrite redoes)")
+            self._loggers.close()
             return stored
         return None
 
@@ -203,8 +218,45 @@ class Study:
         text = json.dumps(config_dict(results), indent=2, default=float)
         write_atomic(self.path / "results.json", text)
         write_atomic(self.path / "summary.md", summary)
+        self._loggers.close()
         print(summary)
         return results
+
+
+def write_video(
+    path: str | Path,
+    env: Any,
+    env_params: Any,
+    policy: Policy,
+    params: Any,
+    key: jax.Array,
+    num_steps: int = 200,
+) -> Path | None:
+    """A GIF of one env under ``policy``'s greedy actions for ``num_steps`` steps
+    (``agents.evaluation.record``), or None with a warning when the env does not render (or
+    no OpenGL is installed for MuJoCo's renderer)."""
+    with cannot_render() as failed:
+        frames, _ = jax.jit(record, static_argnums=(1, 3, 5))(
+            key, env, env_params, policy, params, num_steps
+        )
+        return write_gif(path, np.asarray(frames))
+    warnings.warn(f"no video: {failed[0]}", stacklevel=2)
+    return None
+
+
+@contextlib.contextmanager
+def cannot_render() -> Any:
+    """Collects (into the list it yields) the error of an env that does not render, or of
+    MuJoCo's renderer without OpenGL, instead of raising it: videos are optional."""
+    failed: list[Exception] = []
+    try:
+        yield failed
+    except NotImplementedError as err:
+        failed.append(err)
+    except RuntimeError as err:
+        if "OpenGL" not in str(err):
+            raise
+        failed.append(err)
 
 
 def train_policy(
@@ -216,10 +268,12 @@ def train_policy(
     progress: bool = True,
     metadata: Mapping[str, Any] | None = None,
     exclude_diverged: bool = False,
+    video: tuple[Any, Any, int] | None = None,
 ) -> tuple[Any, dict[str, np.ndarray], dict[str, Any]]:
     """Train ``num_seeds`` seeds of ``agent`` in ``folder`` (resumable) and export the first
     seed's policy (the first that did not diverge, with ``exclude_diverged``: see
-    ``run_chunked``) to ``folder/policy`` (``agents.core.load_policy`` reads it back).
+    ``run_chunked``) to ``folder/policy`` (``agents.core.load_policy`` reads it back);
+    ``video=(env, env_params, steps)``: and a GIF of it acting greedily, ``folder/policy.gif``.
 
     Returns the final batched state, metrics {name: [num_seeds, num_updates]} and timing.
     """
@@ -231,6 +285,10 @@ def train_policy(
         first = min(set(range(num_seeds)) - set(timing["diverged_seeds"]))
         params = jax.tree.map(lambda x: x[first], agent.policy_params(state))
         export_policy(target, agent.policy, params, {**folder.config, **(metadata or {})})
+    if video is not None and video[2] > 0 and not (folder.path / "policy.gif").exists():
+        policy, params, _ = load_policy(target)
+        write_video(folder.path / "policy.gif", video[0], video[1], policy, params,
+                    jax.random.key(0), video[2])  # fmt: skip
     return state, metrics, timing
 
 

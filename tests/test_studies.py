@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import experiments
 
 ROOT = Path(__file__).resolve().parents[1]
-SCAFFOLD = {"runner", "study", "plots"}
+SCAFFOLD = {"runner", "study", "plots", "loggers"}
 FAST_XLA = (
     "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
     "--xla_cpu_use_fusion_emitters=false --xla_cpu_use_thunk_runtime=false"
@@ -94,11 +95,14 @@ def test_ppo(tmp_path):
 def test_quickstart(tmp_path):
     args = ("--seeds", "2", "--gridworld-steps", "4096", "--memory-seeds", "2")
     results = run_study(
-        "quickstart", tmp_path, *args, "--memory-steps", "1024", "--eval-episodes", "4"
-    )
+        "quickstart", tmp_path, *args, "--memory-steps", "1024", "--eval-episodes", "4",
+        "--video", "6",
+    )  # fmt: skip
     assert set(results) >= {"multiskill", "expert", "recurrent", "feedforward"}
     for run in ("multiskill_ppo", "memory_recurrent", "memory_feedforward"):
         assert (tmp_path / run / "policy" / "policy.json").exists()
+        with Image.open(tmp_path / run / "policy.gif") as gif:  # --video 6: 7 frames
+            assert gif.n_frames == 7 and gif.size[0] == 240
 
 
 def test_offline(tmp_path, dataset_root):
@@ -223,8 +227,36 @@ def test_sbd(tmp_path):
     argv += ["8", "--model.head", "8", "--model.total-steps", "4", "--model.batch-size", "4"]
     argv += ["--gaps", "0.5", "0.75", "--fixed-lengths", "2", "4", "--random-rates", "0.1"]
     argv += ["--policy.hidden", "8", "--policy.total-steps", "4", "--policy.batch-size", "8"]
-    run_study("sbd", tmp_path, *argv, "--eval-episodes", "2", "--tour-steps", "8")
+    run_study("sbd", tmp_path, *argv, "--eval-episodes", "2", "--tour-steps", "8", "--video", "24")
     assert (tmp_path / "pr_curve.png").exists() and (tmp_path / "metrics.jsonl").exists()
+    with Image.open(tmp_path / "segments.png") as strip:  # 24 frames framed by segment
+        assert strip.size[0] > 20 * strip.size[1]
+    assert (tmp_path / "demonstration.gif").exists()
+
+
+def test_discover(tmp_path, dataset_root):
+    """An .npz of toy demonstrations with true boundaries, then a Minari dataset (continuous)."""
+    rng = np.random.default_rng(0)
+    actions = np.repeat(rng.integers(0, 3, (6, 4)), 8, axis=1)  # 6 trajectories, 4 skills of 8
+    obs = np.eye(3)[np.pad(actions[:, :-1], ((0, 0), (1, 0)))] + 0.05 * rng.normal(size=(6, 32, 3))
+    true = np.zeros((6, 32), bool)
+    true[:, 8::8] = actions[:, 8::8] != actions[:, 7:-1:8]
+    np.savez(tmp_path / "demos.npz", obs=obs.astype(np.float32), actions=actions, boundaries=true)
+    tiny = ["--model.embed", "8", "--model.gru-hidden", "8", "--model.head", "8"]
+    tiny += ["--model.total-steps", "20", "--model.batch-size", "4"]
+    r = run_study("discover", tmp_path / "npz", "--data", str(tmp_path / "demos.npz"), *tiny,
+                  "--seeds", "2")  # fmt: skip
+    assert r["gap_rule"] == "best F1 on 3 trajectories" and len(r["gap"]) == 2
+    assert set(r["scores"]) == {"precision", "recall", "f1"}
+    segments = json.loads((tmp_path / "npz" / "segments.json").read_text())
+    assert len(segments) == 6 and all(s[0][0] == 0 and s[-1][1] == 32 for s in segments)
+    assert (tmp_path / "npz" / "segments.png").exists()
+    data = "minari:skill-agents/halfcheetah-medium-v0"
+    r = run_study("discover", tmp_path / "minari", "--data", data, "--dataset-root",
+                  str(dataset_root), "--length", "100", *tiny)  # fmt: skip
+    assert r["gap_rule"].startswith("Otsu") and r["trajectories"] == 4 and r["steps"] == 100
+    with np.load(tmp_path / "minari" / "discovery.npz") as f:
+        assert f["boundary"].shape == (1, 4, 100) and f["boundary"][0, :, ::50].all()  # episodes
 
 
 def test_sbd_mujoco(tmp_path):
@@ -252,8 +284,14 @@ def test_sbd_mujoco(tmp_path):
     argv += ["--model.gru-hidden", "8", "--model.head", "8", "--model.total-steps", "4"]
     argv += ["--model.batch-size", "2", "--train-window", "40", "--gaps", "4.0", "12.0"]
     argv += ["--fixed-lengths", "5", "10", "--random-rates", "0.1"]
-    run_study("sbd_mujoco", tmp_path / "study", *argv)
+    run_study("sbd_mujoco", tmp_path / "study", *argv, "--video", "4")
     assert (tmp_path / "policies" / "forward" / "policy" / "policy.json").exists()
+    try:  # --video: the trained policy's GIF and the example's segment strip, where GL exists
+        env._renderer()
+    except RuntimeError:
+        return
+    assert (tmp_path / "policies" / "forward" / "policy.gif").exists()
+    assert (tmp_path / "study" / "segments.png").exists()
 
 
 def psec_argv(tmp_path: Path, **evaluation: int) -> list[str]:

@@ -297,25 +297,28 @@ def rollout_expert(
     params: MultiSkillParams,
     num_steps: int,
     noise: float | jax.Array = 0.0,
-) -> Demonstrations:
-    """``num_steps`` expert steps from a fresh episode (auto-resetting), as [num_steps, ...] arrays.
+    render: bool = False,
+) -> Demonstrations | tuple[Demonstrations, jax.Array]:
+    """``num_steps`` expert steps from a fresh episode (auto-resetting), as [num_steps, ...] arrays
+    (``render``: and the frame of each step's state, uint8 [num_steps, H, W, 3]).
 
     Vmap over ``key`` for a batch of rollouts [N, num_steps, ...].
     """
     check_params(params)
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"rollout_expert: num_steps must be a positive int, got {num_steps!r}.")
-    return _rollout(key, env, params, num_steps, noise)
+    return _rollout(key, env, params, num_steps, noise, render)
 
 
-@partial(jax.jit, static_argnames=("env", "num_steps"))
+@partial(jax.jit, static_argnames=("env", "num_steps", "render"))
 def _rollout(
     key: jax.Array,
     env: MultiSkill,
     params: MultiSkillParams,
     num_steps: int,
     noise: float | jax.Array,
-) -> Demonstrations:
+    render: bool = False,
+) -> Demonstrations | tuple[Demonstrations, jax.Array]:
     key_reset, key_steps = jax.random.split(key)
     obs, state = env.reset(key_reset, params)
 
@@ -338,7 +341,9 @@ def _rollout(
             skill=info["skill"],
             boundary=info["boundary"],
         )
-        return (next_obs, next_state), step
+        return (next_obs, next_state), (step, env.render(state, params) if render else ())
 
-    _, demos = jax.lax.scan(one_step, (obs, state), jax.random.split(key_steps, num_steps))
-    return demos
+    _, (demos, frames) = jax.lax.scan(
+        one_step, (obs, state), jax.random.split(key_steps, num_steps)
+    )
+    return (demos, frames) if render else demos

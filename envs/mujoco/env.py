@@ -25,7 +25,7 @@ import atexit
 import importlib
 import os
 import sys
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -181,26 +181,32 @@ class MujocoEnv(Environment):
         return jax.pure_callback(self._draw, shape, state.physics, vmap_method="sequential")
 
     def _renderer(self) -> Any:
+        """(renderer, MjData, camera, thread): one thread owns the GL context (an EGL or OSMesa
+        context is current in one thread only, and XLA may run host callbacks on any)."""
         if getattr(self, "_rendering", None) is None:
             import mujoco
 
-            renderer = _headless_renderer(self.task.model, self.name)
-            atexit.register(renderer.close)  # before interpreter teardown frees EGL's module
+            thread = ThreadPoolExecutor(1, thread_name_prefix=f"render-{self.name}")
+            renderer = thread.submit(_headless_renderer, self.task.model, self.name).result()
+            atexit.register(_close_quietly, renderer)  # before teardown frees EGL's module
             camera = mujoco.MjvCamera()
             camera.type, camera.trackbodyid = mujoco.mjtCamera.mjCAMERA_TRACKING, 1
             camera.distance, camera.elevation, camera.azimuth = 4.0, -15.0, 90.0
-            self._rendering = (renderer, mujoco.MjData(self.task.model), camera, threading.Lock())
+            self._rendering = (renderer, mujoco.MjData(self.task.model), camera, thread)
         return self._rendering
 
     def _draw(self, physics: Physics) -> np.ndarray:
         import mujoco
 
-        renderer, data, camera, lock = self._renderer()
-        with lock:
+        renderer, data, camera, thread = self._renderer()
+
+        def draw() -> np.ndarray:
             data.qpos[:], data.qvel[:] = physics.float64()
             mujoco.mj_forward(self.task.model, data)
             renderer.update_scene(data, camera)
             return renderer.render().copy()
+
+        return thread.submit(draw).result()
 
     def reset_env(self, key: jax.Array, params: MujocoParams) -> tuple[jax.Array, MujocoState]:
         qpos, qvel = self.task.reset_qpos_qvel(key)
@@ -237,6 +243,14 @@ class MujocoEnv(Environment):
         }
         new_state = MujocoState(physics=after, time=state.time + 1)
         return task.observation(after.qpos, after.qvel), new_state, reward, terminated, info
+
+
+def _close_quietly(renderer: Any) -> None:
+    """Free a renderer at exit (its GL thread may be gone: then the process frees it)."""
+    try:
+        renderer.close()
+    except Exception:
+        pass
 
 
 def _headless_renderer(model: Any, name: str) -> Any:
