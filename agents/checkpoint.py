@@ -52,7 +52,10 @@ def _to_json(obj: Mapping[str, Any], what: str) -> dict[str, Any]:
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never half-written."""
+    """Write ``text`` to ``path`` through a temporary file and a rename: never half-written.
+    With several hosts (``jax.distributed``) only the first writes."""
+    if jax.process_index() != 0:
+        return
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:

@@ -30,6 +30,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from agents.checkpoint import load_params, save_params
 
@@ -45,6 +46,7 @@ __all__ = [
     "load_policy",
     "policy_spec",
     "reset_carry",
+    "seed_sharding",
 ]
 
 PyTree = Any
@@ -196,26 +198,55 @@ def check_losses(
             )
 
 
+def seed_sharding(num_seeds: int) -> NamedSharding:
+    """The leading (seed) axis of every array split over all devices of all hosts: a ``Mesh``
+    of ``jax.devices()`` with one axis, ``"seeds"``. A count of seeds the devices do not divide
+    raises a ValueError naming the fix."""
+    devices = jax.devices()
+    if num_seeds % len(devices):
+        raise ValueError(
+            f"{num_seeds} seeds do not divide over the {len(devices)} {devices[0].platform} "
+            f"devices: train a multiple of {len(devices)} seeds, or use fewer devices "
+            "(CUDA_VISIBLE_DEVICES, or XLA_FLAGS=--xla_force_host_platform_device_count on CPU)"
+        )
+    mesh = jax.make_mesh((len(devices),), ("seeds",), (AxisType.Auto,))  # XLA partitions
+    return NamedSharding(mesh, PartitionSpec("seeds"))
+
+
 def batched(make: Callable[[PyTree], Agent], settings: PyTree) -> Agent:
     """One Agent that trains ``make(s)`` for every setting ``s`` in ``settings`` (a pytree with
-    a leading [B] axis: stacked configs or env params, e.g. task variants) in one program; its
-    states, metrics and policy params gain that leading [B] axis.
+    a leading [B] axis: stacked configs or env params, e.g. task variants, any of their
+    sweepable leaves, optimiser hyperparameters included) in one program; its states, metrics
+    and policy params gain that leading [B] axis.
 
-    ``train`` works for any settings. ``init`` and ``update`` apart (``run_chunked``) need
-    settings that the state does not capture statically: env params, not optimiser
-    hyperparameters (a ``TrainState`` keeps its optimiser, built from them, as a constant).
+    A state's static parts (a ``TrainState``'s optimiser, built from a learning rate) are made
+    per setting inside the program: between calls the state carries the first setting's
+    (one fixed structure, so chunks reuse their compiled program), and every ``learn``,
+    ``update`` and ``policy_params`` swaps in its own setting's before running.
     """
     size = jax.tree.leaves(settings)[0].shape[0]
     first = make(jax.tree.map(lambda x: x[0], settings))
-    each = lambda f: lambda state: jax.vmap(lambda c, s: f(make(c))(s))(settings, state)
+    canonical = jax.tree.structure(jax.eval_shape(first.init, jax.random.key(0)))
+    fixed = lambda tree: jax.tree.unflatten(canonical, jax.tree.leaves(tree))
+
+    def each(f, returns_state=True):
+        def one(c, s):
+            agent = make(c)
+            # this setting's static parts, made in this trace (the unused init is compiled away)
+            structure = jax.tree.structure(agent.init(jax.random.key(0)))
+            out = f(agent)(jax.tree.unflatten(structure, jax.tree.leaves(s)))
+            return (fixed(out[0]), out[1]) if returns_state else out
+
+        return lambda state: jax.vmap(one)(settings, state)
+
     keys = lambda key: jax.random.split(key, size)
     train = lambda key: jax.vmap(lambda c, k: make(c).train(k))(settings, keys(key))
     return Agent(
         first.policy,
-        lambda key: jax.vmap(lambda c, k: make(c).init(k))(settings, keys(key)),
+        lambda key: jax.vmap(lambda c, k: fixed(make(c).init(k)))(settings, keys(key)),
         each(lambda agent: agent.learn),
         each(lambda agent: agent.update),
-        each(lambda agent: agent.policy_params),
+        each(lambda agent: agent.policy_params, returns_state=False),
         first.num_updates,
         first.steps_per_update,
         first.step_unit,

@@ -79,6 +79,44 @@ class MLP(nn.Module):
         return x
 
 
+class ConvTorso(nn.Module):
+    """3x3 convolutions (stride 1, same padding, ReLU; MinAtar's DQN torso for ``(16,)``) over
+    image observations, flattened: [..., H, W, C] -> [..., H * W * channels[-1]]. No channels:
+    the input unchanged (flat observations)."""
+
+    channels: Sequence[int] = (16,)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if not self.channels:
+            return x
+
+        def init(key, shape, dtype=jnp.float32):  # orthogonal over [kh * kw * in, out]
+            flat = orthogonal(np.sqrt(2.0))(key, (int(np.prod(shape[:-1])), shape[-1]), dtype)
+            return flat.reshape(shape)
+
+        lead = x.shape[:-3]
+        x = x.reshape((-1, *x.shape[-3:])).astype(jnp.float32)
+        for c in self.channels:
+            x = nn.relu(nn.Conv(c, (3, 3), kernel_init=init)(x))
+        return x.reshape((*lead, -1))
+
+
+def image_channels(obs_shape: Sequence[int], conv: Sequence[int], who: str) -> tuple[int, ...]:
+    """The conv channels for observations of ``obs_shape``: ``conv`` for images [H, W, C],
+    none for flat [D]; any other shape raises an error naming ``who``."""
+    if len(obs_shape) not in (1, 3):
+        raise ValueError(
+            f"{who} takes flat [D] or image [H, W, C] observations, got shape {tuple(obs_shape)}; "
+            "flatten or reshape them with an observation wrapper"
+        )
+    if len(obs_shape) == 3 and not conv:
+        raise ValueError(
+            f"{who}: image observations {tuple(obs_shape)} need conv channels, e.g. (16,)"
+        )
+    return tuple(conv) if len(obs_shape) == 3 else ()
+
+
 class PolicyHead(nn.Module):
     """A categorical (``discrete``) or diagonal-Gaussian policy over ``action_dim`` actions."""
 
@@ -101,12 +139,14 @@ class ActorCritic(nn.Module):
     discrete: bool
     hidden: Sequence[int] = (64, 64)
     activation: str = "tanh"
+    conv: Sequence[int] = ()  # image observations: each torso's ConvTorso channels
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> tuple[distrax.Distribution, jax.Array]:
-        # obs [..., obs_dim] -> (dist over [...], value [...])
-        pi = PolicyHead(self.action_dim, self.discrete)(MLP(self.hidden, self.activation)(obs))
-        value = dense(1, scale=1.0)(MLP(self.hidden, self.activation)(obs))
+        # obs [..., obs_dim] (or [..., H, W, C] with conv) -> (dist over [...], value [...])
+        torso = lambda: MLP(self.hidden, self.activation)(ConvTorso(self.conv)(obs))
+        pi = PolicyHead(self.action_dim, self.discrete)(torso())
+        value = dense(1, scale=1.0)(torso())
         return pi, value[..., 0]
 
 
@@ -142,10 +182,12 @@ def recurrent_torso(
     embed: Sequence[int],
     hidden_size: int,
     activation: str,
+    conv: Sequence[int] = (),
 ) -> tuple[jax.Array, jax.Array]:
-    """Embedding MLP -> resettable GRU, built in the calling module's scope (call it inside a
-    ``@nn.compact`` method). carry [B, H], obs [T, B, D], resets [T, B] -> (carry, x [T, B, H])."""
-    x = MLP(embed, activation)(obs)
+    """(Conv torso for images ->) embedding MLP -> resettable GRU, built in the calling module's
+    scope (call it inside a ``@nn.compact`` method). carry [B, H], obs [T, B, D] (or
+    [T, B, H, W, C] with ``conv``), resets [T, B] -> (carry, x [T, B, H])."""
+    x = MLP(embed, activation)(ConvTorso(conv)(obs))
     return ResettableGRU(hidden_size)(carry, x, resets)
 
 
@@ -158,6 +200,7 @@ class RecurrentActorCritic(nn.Module):
     hidden_size: int = 128
     head: Sequence[int] = (128,)
     activation: str = "tanh"
+    conv: Sequence[int] = ()  # image observations: ConvTorso channels before the embedding
 
     @nn.compact
     def __call__(
@@ -165,7 +208,7 @@ class RecurrentActorCritic(nn.Module):
     ) -> tuple[jax.Array, distrax.Distribution, jax.Array]:
         # carry [B, H], obs [T, B, obs_dim], resets [T, B] -> carry, dist over [T, B], value [T, B]
         carry, x = recurrent_torso(
-            carry, obs, resets, self.embed, self.hidden_size, self.activation
+            carry, obs, resets, self.embed, self.hidden_size, self.activation, self.conv
         )
         pi = PolicyHead(self.action_dim, self.discrete)(MLP(self.head, self.activation)(x))
         value = dense(1, scale=1.0)(MLP(self.head, self.activation)(x))

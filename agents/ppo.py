@@ -26,7 +26,7 @@ from flax.training.train_state import TrainState
 from agents.core import Agent, Policy, no_carry, policy_spec
 from agents.gae import gae
 from agents.hparams import check_fits, require, require_fields, static, sweepable
-from agents.networks import ActorCritic, RecurrentActorCritic, activation_fn
+from agents.networks import ActorCritic, RecurrentActorCritic, activation_fn, image_channels
 from envs.core import spaces
 from envs.wrappers import EpisodeStats, episode_metrics
 
@@ -45,6 +45,7 @@ class PPOConfig:
     recurrent: bool = static(False)
     embed: tuple[int, ...] = static((128,))  # recurrent only: MLP before the GRU
     gru_hidden: int = static(128)  # recurrent only
+    conv: tuple[int, ...] = static((16,))  # image [H, W, C] observations: 3x3 conv channels
     anneal_lr: bool = static(True)
     lr: float = sweepable(2.5e-4)
     gamma: float = sweepable(0.99)
@@ -106,10 +107,12 @@ class PPOConfig:
         )
 
 
-def _network(action_dim, discrete, hidden, activation, recurrent, embed, gru_hidden):
+def _network(action_dim, discrete, hidden, activation, recurrent, embed, gru_hidden, conv):
     if recurrent:
-        return RecurrentActorCritic(action_dim, discrete, embed, gru_hidden, hidden, activation)
-    return ActorCritic(action_dim, discrete, hidden, activation)
+        return RecurrentActorCritic(
+            action_dim, discrete, embed, gru_hidden, hidden, activation, conv
+        )
+    return ActorCritic(action_dim, discrete, hidden, activation, conv)
 
 
 def ppo_policy(
@@ -120,11 +123,12 @@ def ppo_policy(
     recurrent: bool,
     embed: tuple[int, ...],
     gru_hidden: int,
+    conv: tuple[int, ...] = (),
 ) -> Policy:
     """The actor of a PPO actor-critic: samples (or takes the mode of) its action distribution;
-    a recurrent one carries its GRU memory [B, gru_hidden]."""
-    hidden, embed = tuple(hidden), tuple(embed)
-    network = _network(action_dim, discrete, hidden, activation, recurrent, embed, gru_hidden)
+    a recurrent one carries its GRU memory [B, gru_hidden]; ``conv``: image observations."""
+    hidden, embed, conv = tuple(hidden), tuple(embed), tuple(conv)
+    network = _network(action_dim, discrete, hidden, activation, recurrent, embed, gru_hidden, conv)
 
     def act(params, carry, obs, key, deterministic=False):
         if recurrent:
@@ -147,6 +151,7 @@ def ppo_policy(
         recurrent=recurrent,
         embed=embed,
         gru_hidden=gru_hidden,
+        conv=conv,
     )
     return Policy(act, initial_carry if recurrent else no_carry, spec)
 
@@ -182,21 +187,22 @@ def make_ppo(config: PPOConfig, env: Any, env_params: Any) -> Agent:
     """PPO on ``env`` (any gymnax-1.x environment) as an ``agents.core.Agent``."""
     config.validate()
     env = EpisodeStats(env)
-    obs_dim = env.observation_space(env_params).shape
-    require(len(obs_dim) == 1, f"PPO expects flat observations, got shape {obs_dim}")
+    obs_dim = tuple(env.observation_space(env_params).shape)
+    conv = image_channels(obs_dim, config.conv, "PPO")
     action_space = env.action_space(env_params)
     discrete = isinstance(action_space, spaces.Discrete)
     action_dim = int(action_space.n) if discrete else int(np.prod(action_space.shape))
     net_args = (config.hidden, config.activation, config.recurrent, config.embed, config.gru_hidden)
+    net_args = (*net_args, conv)
     policy = ppo_policy(action_dim, discrete, *net_args)
     network = _network(action_dim, discrete, *net_args)
     memory = config.gru_hidden if config.recurrent else 0
     num_envs, num_steps = config.num_envs, config.num_steps
     # one rollout (obs, next obs for the final value, action, reward, flags, value, log-prob)
-    floats = num_steps * num_envs * (2 * obs_dim[0] + action_dim + 6 + memory)
+    floats = num_steps * num_envs * (2 * int(np.prod(obs_dim)) + action_dim + 6 + memory)
     require(
         floats < 2**31,
-        f"num_envs * num_steps = {config.batch_size} steps of {obs_dim[0]} observations are "
+        f"num_envs * num_steps = {config.batch_size} steps of {obs_dim} observations are "
         f"{floats:.2e} numbers in one rollout, past what XLA indexes (2^31); use fewer envs",
     )
     check_fits(4 * floats, "one PPO rollout", "lower ppo.num_envs or ppo.num_steps")

@@ -82,6 +82,11 @@ class CheckedActions(Wrapper):
         return self._env.step(key, state, action, params)
 
     def render(self, state: Any, params: EnvParams | None = None) -> jax.Array:
+        if not callable(getattr(self._env, "render", None)):
+            raise NotImplementedError(
+                f"{self._env.name} does not render to an array (gymnax draws its envs with "
+                "gymnax.visualize.Visualizer, outside jit)"
+            )
         return self._env.render(state, params)
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "plot_curves",
     "plot_intervals",
     "plot_pr",
+    "plot_profiles",
     "segment_strip",
     "write_gif",
 ]
@@ -144,6 +145,25 @@ def plot_intervals(
         ax.set_title(title)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def plot_profiles(path: str | Path, scores: Mapping[str, np.ndarray], xlabel: str) -> None:
+    """Performance profiles (rliable): for each named set of per-seed ``scores`` [S], the
+    fraction of seeds scoring above each threshold, with 95% bootstrap bands."""
+    from rliable import library as rly
+    from rliable import plot_utils
+
+    data = {name: np.asarray(v, np.float64).reshape(-1, 1) for name, v in scores.items()}
+    values = np.concatenate([v.ravel() for v in data.values()])
+    taus = np.linspace(values.min(), values.max(), 101) if values.size else np.zeros(1)
+    np.random.seed(0)
+    profiles, cis = rly.create_performance_profile(data, taus, reps=2000)
+    with figure(path, size=(7.0, 4.5)) as ax:
+        plot_utils.plot_performance_profiles(
+            profiles, taus, performance_profile_cis=cis, ax=ax, xlabel=xlabel,
+            ylabel="fraction of seeds above",
+        )  # fmt: skip
+        ax.legend(ax.get_lines()[: len(data)], list(data), fontsize=8)
 
 
 def plot_pr(ax: Any, curves: Mapping[str, tuple[Mapping[str, Any], str]], xlabel: str) -> None:

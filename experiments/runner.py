@@ -27,10 +27,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
 from tqdm import tqdm
 
 from agents.checkpoint import Checkpointer, write_atomic
-from agents.core import Agent, DivergenceError, check_losses, diverging
+from agents.core import Agent, DivergenceError, check_losses, diverging, seed_sharding
 from agents.hparams import check_fits
 from experiments import loggers
 
@@ -45,6 +47,7 @@ __all__ = [
     "lock_folder",
     "run_chunked",
     "run_loop",
+    "seed_sharding",
     "stored_results",
     "write_atomic",
 ]
@@ -101,6 +104,8 @@ def lock_folder(path: str | os.PathLike, holder: object) -> None:
     share it), or raise ``FolderBusy`` when another process holds it. A killed process's lock
     goes with it."""
     path = Path(path).absolute()
+    if jax.process_index() != 0:  # several hosts: the first holds the lock and writes
+        return
     if path not in _LOCKS:
         fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -182,6 +187,8 @@ class RunFolder:
 
     def append_metrics(self, lines: list[dict]) -> None:
         """Add metrics lines, and send them to the open loggers (``experiments.loggers``)."""
+        if jax.process_index() != 0:  # several hosts: the first writes
+            return
         with self.metrics_file.open("a") as f:
             f.writelines(json.dumps(m) + "\n" for m in lines)
         loggers.log(self.path, lines)
@@ -258,6 +265,13 @@ def _nan_for_none(x: Any) -> Any:
     return [_nan_for_none(v) for v in x] if isinstance(x, list) else np.nan if x is None else x
 
 
+def _to_host(tree: Any) -> Any:
+    """NumPy copies of (seed-sharded) arrays, gathered from every host when there are several."""
+    if jax.process_count() > 1:
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.tree.map(np.asarray, tree)
+
+
 def _check_memory(compiled: Any, num_seeds: int, n: int) -> None:
     """Refuse a compiled chunk whose working memory (XLA's own count) is more than is free."""
     use = compiled.memory_analysis()
@@ -270,12 +284,12 @@ def _check_memory(compiled: Any, num_seeds: int, n: int) -> None:
     )  # fmt: skip
 
 
-def _chunk_program(agent: Agent, n: int) -> Any:
-    """The jitted, vmapped scan of ``n`` updates of ``agent``: one function per (agent, n), kept
-    on the agent, so a second ``run_chunked`` of the same agent (a resume in the same process)
-    reuses its compiled program."""
+def _chunk_program(agent: Agent, n: int, sharding: NamedSharding) -> Any:
+    """The jitted, vmapped scan of ``n`` updates of ``agent``, seeds split by ``sharding``: one
+    function per (agent, n, sharding), kept on the agent, so a second ``run_chunked`` of the
+    same agent (a resume in the same process) reuses its compiled program."""
     programs = agent.__dict__.setdefault("_chunk_programs", {})
-    if n not in programs:
+    if (n, sharding) not in programs:
 
         def chunk(state):  # -> (state, metrics, whether the policy's parameters are finite)
             state, metrics = jax.lax.scan(lambda s, _: agent.update(s), state, None, n)
@@ -285,8 +299,9 @@ def _chunk_program(agent: Agent, n: int) -> Any:
                     finite &= jnp.isfinite(x).all()
             return state, metrics, finite
 
-        programs[n] = jax.jit(jax.vmap(chunk))
-    return programs[n]
+        program = jax.jit(jax.vmap(chunk), in_shardings=sharding, out_shardings=sharding)
+        programs[n, sharding] = program
+    return programs[n, sharding]
 
 
 def _exclude(
@@ -330,8 +345,10 @@ def run_chunked(
     progress: bool = True,
     exclude_diverged: bool = False,
     loss_limit: float = 1e12,
+    bar: tqdm | None = None,
 ) -> tuple[Any, dict[str, np.ndarray], dict[str, Any]]:
     """Train ``num_seeds`` seeds of ``agent`` (vmapped ``update``s) for ``agent.num_updates``.
+    ``bar``: a progress bar to advance (several runs under one bar) instead of a new one.
 
     Returns (final batched state, metrics {name: [num_seeds, num_updates, ...]}, timing).
     The metrics lines count ``agent.step_unit`` (``env_steps`` or ``gradient_steps``) per seed.
@@ -348,9 +365,10 @@ def run_chunked(
     t0 = time.perf_counter()
     # seeds initialised one at a time: one small compile (a vmapped init compiles for as long as
     # a training chunk, mostly the orthogonal initialisers' batched QR); same values as vmap
+    sharding = seed_sharding(num_seeds)  # seeds split over every device
     init = jax.jit(agent.init)
     seeds = [init(k) for k in jax.random.split(key, num_seeds)]
-    state = jax.tree.map(lambda *xs: jnp.stack(xs), *seeds)
+    state = jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *seeds), sharding)
     per_update = agent.steps_per_update
     compiled: dict[int, Any] = {}
     timing = {"compile_s": 0.0, "run_s": 0.0}
@@ -361,13 +379,14 @@ def run_chunked(
     def step(state, start, n):
         if n not in compiled:
             tc = time.perf_counter()
-            compiled[n] = _chunk_program(agent, n).lower(state).compile()
+            compiled[n] = _chunk_program(agent, n, sharding).lower(state).compile()
             timing["compile_s"] += time.perf_counter() - tc
             _check_memory(compiled[n], num_seeds, n)
         tr = time.perf_counter()
         state, metrics, finite = jax.block_until_ready(compiled[n](state))
         timing["run_s"] += time.perf_counter() - tr
-        metrics = {k: np.moveaxis(np.asarray(v), 0, 1) for k, v in metrics.items()}  # [n, S, ...]
+        metrics, finite = _to_host((metrics, finite))
+        metrics = {k: np.moveaxis(v, 0, 1) for k, v in metrics.items()}  # [n, S, ...]
         if not exclude_diverged and not np.all(finite):
             raise DivergenceError(
                 f"training diverged: non-finite policy parameters in seeds "
@@ -380,7 +399,8 @@ def run_chunked(
         steps = (start + 1 + np.arange(n)) * per_update
         return state, {agent.step_unit.replace(" ", "_"): steps, **metrics}
 
-    bar = tqdm(
+    own_bar = bar is None
+    bar = bar or tqdm(
         total=agent.num_updates * per_update,
         unit="step",
         unit_scale=True,
@@ -389,9 +409,13 @@ def run_chunked(
     )
     last = {"return": float("nan"), "steps": 0}
 
+    advanced = [0]  # steps this call moved the bar
+
     def on_chunk(start, n, metrics):
-        if bar.n == 0:
+        if advanced[0] == 0:
             bar.update(start * per_update)  # resumed: what earlier runs did
+            advanced[0] += start * per_update
+        advanced[0] += n * per_update
         ret = metrics.get("return")
         if ret is not None and np.isfinite(ret).any():
             last["return"] = float(np.nanmean(ret[-max(1, n // 10) :]))
@@ -405,7 +429,9 @@ def run_chunked(
         folder, state, step, agent.num_updates, updates_per_chunk, on_chunk=on_chunk,
         loss_limit=limit,
     )  # fmt: skip
-    bar.close()
+    bar.update(agent.num_updates * per_update - advanced[0])  # a run finished before
+    if own_bar:
+        bar.close()
     names = [k for k in lines[0] if k not in ("update", "env_steps", "gradient_steps", "diverged")]
     metrics = {
         k: np.moveaxis(np.array([_nan_for_none(m[k]) for m in lines], np.float64), 0, 1)

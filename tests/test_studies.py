@@ -259,6 +259,39 @@ def test_discover(tmp_path, dataset_root):
         assert f["boundary"].shape == (1, 4, 100) and f["boundary"][0, :, ::50].all()  # episodes
 
 
+def test_sweep(tmp_path, dataset_root):
+    """A PPO grid over a sweepable and a static field (2 programs), resumed once finished; then
+    an offline learner's sweep on a Minari dataset."""
+    tiny = ["--ppo.num-envs", "4", "--ppo.num-steps", "16", "--ppo.total-steps", "128"]
+    tiny += ["--ppo.num-minibatches", "2", "--seeds", "2"]
+    argv = ["ppo", "--grid", "lr=1e-4,1e-3", "hidden=8,16x16", *tiny]
+    r = run_study("sweep", tmp_path / "ppo", *argv)
+    assert r["programs"] == 2 and len(r["settings"]) == 4
+    assert all(len(s["per_seed"]) == 2 for s in r["settings"].values())
+    for name in ("intervals.png", "profiles.png", "groups/0/metrics.jsonl", "groups/1/config.json"):
+        assert (tmp_path / "ppo" / name).exists(), name
+    again = run_study("sweep", tmp_path / "ppo", *argv)  # finished: the same results
+    assert again["settings"] == r["settings"]
+    offline = ["--dataset-root", str(dataset_root), "--td3-bc.total-steps", "20"]
+    offline += ["--td3-bc.eval-every", "10", "--td3-bc.eval-episodes", "1", "--td3-bc.hidden", "8"]
+    offline += ["--td3-bc.batch-size", "8", "--seeds", "1"]
+    r = run_study("sweep", tmp_path / "td3", "td3_bc", "--grid", "alpha=1,2.5", *offline)
+    assert r["programs"] == 1 and len(r["settings"]) == 2
+
+
+def test_sweep_grid_errors_are_named():
+    from agents.ppo import PPOConfig
+    from experiments.sweep import parse_grid
+
+    assert len(parse_grid(PPOConfig(), ("lr=1e-4,1e-3", "hidden=8,16x16", "anneal_lr=true"))) == 4
+    with pytest.raises(ValueError, match="PPOConfig has no field 'learning_rate'"):
+        parse_grid(PPOConfig(), ("learning_rate=1e-3",))
+    with pytest.raises(ValueError, match="cannot read 'fast' as float"):
+        parse_grid(PPOConfig(), ("lr=fast",))
+    with pytest.raises(ValueError, match="write name=value1,value2"):
+        parse_grid(PPOConfig(), ("lr",))
+
+
 def test_sbd_mujoco(tmp_path):
     """Trains the forward behaviour's tiny SAC policy itself (the training path); backward and
     jump are tiny untrained SAC actors exported beforehand (the loading path): one SAC compile

@@ -1,0 +1,189 @@
+"""Hyperparameter sweeps as one command: a grid of settings x seeds, as few programs as possible.
+
+    python -m experiments.sweep ppo --grid lr=1e-4,3e-4,1e-3 ent_coef=0,0.01 --seeds 16
+    python -m experiments.sweep sac --env HalfCheetah --grid lr=1e-4,3e-4 --seeds 4
+    python -m experiments.sweep td3_bc --dataset skill-agents/hopper-medium-v0 --grid alpha=1,2.5,5
+
+The grid is the product of ``--grid name=v1,v2,...`` over fields of the agent's config (its
+base values from ``--ppo.*``, ``--sac.*``, ``--td3-bc.*`` or ``--iql.*``; a tuple as ``64x64``).
+Settings that differ only in sweepable fields (learning rates, coefficients, discounts: pytree
+leaves) train in one program: ``agents.core.batched`` over the stacked configs, vmapped over
+seeds, the seeds split over every device (``run_chunked``). Settings that change a static field
+(network sizes, batch shapes) form separate groups, run one after another, each in its own
+resumable run folder ``groups/<k>``. The whole sweep shows one progress bar, resumes after a
+stop, and writes ``results.json`` and ``summary.md`` (per setting: the final ``--metric``,
+its mean over the last 10% of updates, IQM and 95% CI over seeds), ``intervals.png`` (rliable
+interval estimates) and ``profiles.png`` (performance profiles: the fraction of seeds above
+each score).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from typing import Any, Literal
+
+import numpy as np
+import tyro
+from tqdm import tqdm
+
+import envs
+from agents.core import batched
+from agents.hparams import require, stack_configs
+from agents.iql import IQLConfig, make_iql
+from agents.ppo import PPOConfig, make_ppo
+from agents.replay.datasets import load_dataset
+from agents.sac import SACConfig, make_sac
+from agents.td3_bc import TD3BCConfig, make_td3_bc
+from experiments.plots import plot_intervals, plot_profiles
+from experiments.runner import final_score, fmt_ci, iqm_ci, run_chunked
+from experiments.study import Study, StudyArgs, config_dict, parse_env_kwargs
+
+AGENTS = ("ppo", "sac", "td3_bc", "iql")
+
+
+@dataclasses.dataclass
+class Args(StudyArgs):
+    agent: tyro.conf.Positional[Literal["ppo", "sac", "td3_bc", "iql"]] = "ppo"
+    out: str = "results/sweep"
+    seeds: int = 4
+    grid: tuple[str, ...] = ()  # name=v1,v2,... over the agent's config fields
+    env: str = "gymnax:CartPole-v1"  # ppo, sac
+    env_kwargs: str = "{}"  # JSON overrides of the env's default params
+    dataset: str = "skill-agents/halfcheetah-medium-v0"  # td3_bc, iql: a local Minari dataset
+    dataset_root: str | None = None
+    metric: str = "return"  # the metric the settings are compared on
+    updates_per_chunk: int = 10
+    on_divergence: Literal["stop", "exclude"] = "stop"  # exclude: a diverged seed, all settings
+    ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
+    sac: SACConfig = dataclasses.field(default_factory=SACConfig)
+    td3_bc: TD3BCConfig = dataclasses.field(default_factory=TD3BCConfig)
+    iql: IQLConfig = dataclasses.field(default_factory=IQLConfig)
+
+
+def parse_grid(base: Any, grid: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Every combination of the ``name=v1,v2`` entries, values cast to the base field's type."""
+    fields = {f.name: f for f in dataclasses.fields(base)}
+    axes = []
+    for entry in grid:
+        name, sep, values = entry.partition("=")
+        require(bool(sep and values), f"--grid {entry!r}: write name=value1,value2,...")
+        require(
+            name in fields,
+            f"--grid {name}: {type(base).__name__} has no field {name!r}; its fields: "
+            f"{sorted(fields)}",
+        )
+        axes.append([(name, _cast(getattr(base, name), v, name)) for v in values.split(",")])
+    return [dict(combo) for combo in itertools.product(*axes)]
+
+
+def _cast(default: Any, text: str, name: str) -> Any:
+    try:
+        if isinstance(default, bool):
+            require(text.lower() in ("true", "false"), f"--grid {name}: {text!r} is not a bool")
+            return text.lower() == "true"
+        if isinstance(default, tuple):
+            return tuple(int(x) for x in text.split("x"))
+        return type(default)(text)
+    except ValueError as err:
+        raise ValueError(
+            f"--grid {name}: cannot read {text!r} as {type(default).__name__}"
+        ) from err
+
+
+def static_key(config: Any) -> tuple:
+    """The static (shape-fixing) fields of ``config``: settings that share them share a program."""
+    return tuple(
+        (f.name, getattr(config, f.name))
+        for f in dataclasses.fields(config)
+        if not f.metadata.get("pytree_node", True)
+    )
+
+
+def maker(args: Args):
+    """(base config, make(config) -> Agent) for ``args.agent``."""
+    if args.agent in ("ppo", "sac"):
+        env, env_params = envs.make(args.env, **parse_env_kwargs(args.env_kwargs))
+        learn = make_ppo if args.agent == "ppo" else make_sac
+        return getattr(args, args.agent), lambda c: learn(c, env, env_params)
+    data, meta = load_dataset(args.dataset, args.dataset_root)
+    env, env_params = envs.make(meta["env_name"], **(meta["env_kwargs"] or {}))
+    refs = (meta["ref_min_score"], meta["ref_max_score"])
+    learn = make_td3_bc if args.agent == "td3_bc" else make_iql
+    return getattr(args, args.agent), lambda c: learn(c, data, env, env_params, ref_scores=refs)
+
+
+def main(args: Args) -> dict:
+    study = Study("sweep", args)
+    if (done := study.finished()) is not None:
+        return done
+    base, make = maker(args)
+    settings = parse_grid(base, args.grid)
+    configs = [base.replace(**s) for s in settings]
+    for c in configs:
+        c.validate()
+    groups: dict[tuple, list[int]] = {}
+    for i, c in enumerate(configs):
+        groups.setdefault(static_key(c), []).append(i)
+    agents = [batched(make, stack_configs([configs[i] for i in g])) for g in groups.values()]
+    total = sum(a.num_updates * a.steps_per_update for a in agents)
+    desc = f"sweep: {len(configs)} settings x {args.seeds} seeds, {agents[0].step_unit}/seed"
+    bar = tqdm(total=total, unit="step", unit_scale=True, disable=not args.progress, desc=desc)
+    scores: dict[int, np.ndarray] = {}
+    walls = []
+    for k, (members, agent) in enumerate(zip(groups.values(), agents)):
+        folder = study.folder("groups", str(k), settings=[settings[i] for i in members])
+        _, metrics, timing = run_chunked(
+            agent, study.key("group", k), args.seeds, folder, args.updates_per_chunk,
+            bar=bar, exclude_diverged=args.on_divergence == "exclude",
+        )  # fmt: skip
+        require(
+            args.metric in metrics,
+            f"--metric {args.metric}: the {args.agent} agent reports {sorted(metrics)}",
+        )
+        curves = metrics[args.metric]  # [S, updates, B]
+        final = np.stack([final_score(curves[..., j]) for j in range(len(members))])  # [B, S]
+        final[:, timing["diverged_seeds"]] = np.nan
+        for j, i in enumerate(members):
+            scores[i] = final[j]
+        walls.append({"group": k, "settings": len(members), **timing})
+    bar.close()
+    names = [", ".join(f"{k}={v}" for k, v in s.items()) or "base" for s in settings]
+    per_setting = {names[i]: scores[i] for i in range(len(configs))}
+    kept = {n: v[np.isfinite(v)] for n, v in per_setting.items()}
+    results = {
+        "agent": args.agent,
+        "metric": args.metric,
+        "grid": list(args.grid),
+        "base": config_dict(base),
+        "programs": len(groups),
+        "settings": {
+            n: {"setting": settings[i], "iqm_ci": iqm_ci(kept[n]), "per_seed": scores[i].tolist()}
+            for i, n in enumerate(names)
+        },
+        "timing": walls,
+    }
+    plot_intervals(study.path / "intervals.png", kept, f"final {args.metric}")
+    plot_profiles(study.path / "profiles.png", kept, f"final {args.metric}")
+    return study.finish(results, _summary(args, results))
+
+
+def _summary(args: Args, r: dict) -> str:
+    rows = sorted(r["settings"].items(), key=lambda kv: -kv[1]["iqm_ci"][0])
+    lines = [
+        f"# {args.agent} sweep: {len(rows)} settings x {args.seeds} seeds in {r['programs']} "
+        f"program(s)",
+        "",
+        f"Final {args.metric} (mean over the last 10% of updates), IQM [95% CI] over seeds; "
+        f"best first. Base config: {json.dumps(r['base'])}",
+        "",
+        "| setting | IQM [95% CI] |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {fmt_ci(s['iqm_ci'])} |" for name, s in rows]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
