@@ -42,33 +42,19 @@ def test_same_seed_same_result_and_different_seed_differs():
     assert any(not np.array_equal(x, z) for x, z in zip(leaves(a), leaves(c)))
 
 
-def test_hyperparameter_sweep_in_one_program_matches_single_runs():
+def test_a_hyperparameter_sweep_runs_in_chunks_like_single_runs(tmp_path):
+    """``batched``'s init and update apart (what ``run_chunked`` and the sweep command call),
+    with the optimiser's learning rate and the entropy coefficient swept in one program: the
+    same as each setting trained alone."""
     env, params = CARTPOLE
-    keys = jax.random.split(jax.random.key(0), 2)
-    configs = [TINY, TINY.replace(lr=1e-3, ent_coef=0.0)]
-    sweep = batched(lambda c: make_ppo(c, env, params), stack_configs(configs))  # one Agent
-    swept, metrics = jax.jit(sweep.train)(jax.random.key(0))  # keys: split(key, 2)
-    assert metrics["value_loss"].shape == (2, sweep.num_updates)
-    for i, cfg in enumerate(configs):
-        single, _ = jax.jit(make_ppo(cfg, env, params).train)(keys[i])
-        for x, y in zip(
-            jax.tree.leaves(single.train_state.params), jax.tree.leaves(swept.train_state.params)
-        ):
-            np.testing.assert_allclose(x, y[i], rtol=1e-4, atol=1e-5)
-
-
-def test_a_learning_rate_sweep_runs_in_chunks_like_single_runs(tmp_path):
-    """``batched``'s init and update apart (what ``run_chunked`` and the sweep command call)
-    with the optimiser's learning rate swept: the same as each setting trained alone."""
-    env, params = CARTPOLE
-    configs = [TINY.replace(lr=lr) for lr in (1e-4, 1e-3, 1e-2)]
+    configs = [TINY.replace(lr=1e-4), TINY.replace(lr=1e-2, ent_coef=0.0)]
     sweep = batched(lambda c: make_ppo(c, env, params), stack_configs(configs))
     folder = RunFolder(tmp_path, {"sweep": "lr"})
     swept, metrics, _ = run_chunked(sweep, jax.random.key(0), 2, folder, 2, False)
-    assert metrics["value_loss"].shape == (2, sweep.num_updates, 3)  # [seeds, updates, settings]
+    assert metrics["value_loss"].shape == (2, sweep.num_updates, 2)  # [seeds, updates, settings]
     seed_keys = jax.random.split(jax.random.key(0), 2)
     for i, cfg in enumerate(configs):
-        single, _ = jax.jit(make_ppo(cfg, env, params).train)(jax.random.split(seed_keys[1], 3)[i])
+        single, _ = jax.jit(make_ppo(cfg, env, params).train)(jax.random.split(seed_keys[1], 2)[i])
         for x, y in zip(
             jax.tree.leaves(single.train_state.params), jax.tree.leaves(swept.train_state.params)
         ):
@@ -92,15 +78,17 @@ def test_ppo_learns_breakout_minatar_from_pixels():
                     num_minibatches=4, update_epochs=4, hidden=(64,))  # fmt: skip
     agent = make_ppo(cfg, env, params)
     assert agent.policy.spec["conv"] == [16]  # chosen from the image observations
-    state, _ = jax.jit(jax.vmap(agent.train))(jax.random.split(jax.random.key(0), 2))
+    state, _ = jax.jit(agent.train)(jax.random.key(0))
     greedy = lambda p, k: evaluate(k, env, params, agent.policy, p, 64, num_steps=2000)
-    keys = jax.random.split(jax.random.key(1), 2)
-    returns = jax.jit(jax.vmap(greedy))(agent.policy_params(state), keys)["return"]
-    assert (returns.mean(axis=1) >= 1.5).all(), returns.mean(axis=1)
+    returns = jax.jit(greedy)(agent.policy_params(state), jax.random.key(1))["return"]
+    assert returns.mean() >= 1.5, returns.mean()
 
 
-@pytest.mark.parametrize("recurrent", [False, True], ids=["feedforward", "recurrent"])
-@pytest.mark.parametrize("env_name", ["MemorySequence", "gymnax:SpaceInvaders-MinAtar"])
+@pytest.mark.parametrize(
+    "recurrent, env_name",
+    [(False, "MemorySequence"), (True, "MemorySequence"), (True, "gymnax:SpaceInvaders-MinAtar")],
+    ids=["feedforward", "recurrent", "recurrent-images"],
+)
 def test_policy_exports_and_loads_to_act_identically(recurrent, env_name, tmp_path):
     env, params = envs.make(env_name)
     cfg = TINY.replace(recurrent=recurrent, gru_hidden=8, embed=(8,), hidden=(8,))

@@ -45,18 +45,21 @@ def same_seeds(a: dict, b: dict) -> None:
 
 def test_eight_devices_give_one_devices_per_seed_results_and_resume_on_two(tmp_path):
     one = run(tmp_path, "one", 1, 8)
-    eight = run(tmp_path, "eight", 8, 8)
-    assert int(eight["devices"]) == 8 and "'seeds': 8" in str(eight["sharding"])
-    same_seeds(one, eight)
     # half the updates on 8 devices, the rest resumed from its checkpoint on 2
     half = run(tmp_path, "half", 8, 8, "4", folder="resumed")
+    assert int(half["devices"]) == 8 and "'seeds': 8" in str(half["sharding"])
     assert half["m_return"].shape == (8, 4)
+    same_seeds({k: v[:, :4] for k, v in one.items() if k.startswith("m_")}, half)
     resumed = run(tmp_path, "resumed", 2, 8, folder="resumed")
     assert int(resumed["devices"]) == 2
     same_seeds(one, resumed)
 
 
-def test_seeds_that_do_not_divide_over_the_devices_are_refused(tmp_path):
-    failed = run(tmp_path, "six", 8, 6)
-    assert "6 seeds do not divide over the 8 cpu devices" in failed["error"]
-    assert "train a multiple of 8 seeds" in failed["error"]
+def test_seeds_that_do_not_divide_over_the_devices_are_refused(monkeypatch):
+    import jax
+
+    from agents.core import seed_sharding
+
+    monkeypatch.setattr(jax, "devices", lambda: [jax.local_devices()[0]] * 8)  # 8 "devices"
+    with pytest.raises(ValueError, match="6 seeds do not divide over the 8 cpu devices"):
+        seed_sharding(6)
