@@ -259,9 +259,8 @@ def test_discover(tmp_path, dataset_root):
         assert f["boundary"].shape == (1, 4, 100) and f["boundary"][0, :, ::50].all()  # episodes
 
 
-def test_sweep(tmp_path, dataset_root):
-    """A PPO grid over a sweepable and a static field (2 programs), then an offline learner's
-    sweep on a Minari dataset."""
+def test_sweep(tmp_path):
+    """A PPO grid over a sweepable and a static field: 4 settings in 2 programs."""
     tiny = ["--ppo.num-envs", "4", "--ppo.num-steps", "16", "--ppo.total-steps", "128"]
     tiny += ["--ppo.num-minibatches", "2", "--seeds", "2"]
     argv = ["ppo", "--grid", "lr=1e-4,1e-3", "hidden=8,16x16", *tiny]
@@ -270,6 +269,11 @@ def test_sweep(tmp_path, dataset_root):
     assert all(len(s["per_seed"]) == 2 for s in r["settings"].values())
     for name in ("intervals.png", "profiles.png", "groups/0/metrics.jsonl", "groups/1/config.json"):
         assert (tmp_path / "ppo" / name).exists(), name
+
+
+@pytest.mark.slow
+def test_sweep_offline(tmp_path, dataset_root):
+    """An offline learner's sweep on a Minari dataset (slow: the default suite's time)."""
     offline = ["--dataset-root", str(dataset_root), "--td3-bc.total-steps", "20"]
     offline += ["--td3-bc.eval-every", "10", "--td3-bc.eval-episodes", "1", "--td3-bc.hidden", "8"]
     offline += ["--td3-bc.batch-size", "8", "--seeds", "1"]
