@@ -84,7 +84,7 @@ class DiffusionPolicyConfig:
     rank: int = static(0)  # 0: train the network; > 0: a LoRA adapter of this rank on `base`
     model: str = static("diffusion")  # or "gaussian": the same network as a Gaussian policy
     normalize_obs: bool = static(True)
-    lora_scale: float = sweepable(16.0)  # the adapter's scale s (raw, not alpha / rank)
+    lora_scale: float = static(16.0)  # the adapter's scale s (raw, not alpha / rank; exported)
     lr: float = sweepable(3e-4)
     weight_decay: float = sweepable(1e-4)  # AdamW
     ema_tau: float = sweepable(0.005)  # reference: 0.001 over 1M steps

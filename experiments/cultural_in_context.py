@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Annotated
 
 import numpy as np
-import tyro
 
 import envs  # noqa: F401  (sets the XLA flags before any JAX program runs)
 from agents.ppo import PPOConfig, make_ppo
 from experiments.plots import plot_curves
 from experiments.runner import RunFolder, fmt_ci, iqm_ci, run_loop
-from experiments.study import Study, StudyArgs, config_dict, train_policy
+from experiments.study import Study, StudyArgs, cli, config_dict, train_policy
 from skills.cultural import (
     TRAINED_VISIBILITY,
     GoalTask,
@@ -37,6 +35,7 @@ from skills.cultural import (
     MemoryTask,
     in_context_generations,
     lifetime_returns,
+    reference_ppo,
 )
 
 
@@ -252,10 +251,25 @@ def _summary(args: MemoryArgs | GoalArgs, r: dict) -> str:
     )
 
 
-Cli = (
-    Annotated[MemoryArgs, tyro.conf.subcommand("memory")]
-    | Annotated[GoalArgs, tyro.conf.subcommand("goal")]
-)
+def paper_memory() -> MemoryArgs:
+    """The reference's Memory Sequence (3 symbols, 24 per trial, 4 trials) and its PPO
+    (``skills.cultural.reference_ppo``: 8M steps), 128 task instances per seed."""
+    task = MemoryTask(num_symbols=3, seq_len=24)
+    return MemoryArgs(task=task, ppo=reference_ppo(task), tasks=128)
+
+
+def paper_goal() -> GoalArgs:
+    """The reference's Goal Sequence (7x7, 3 goals, 50 steps per trial) and its PPO
+    (``skills.cultural.reference_ppo``: 15M steps at lr 1e-5), 128 task instances per seed."""
+    task = GoalTask(size=7, trial_length=50)
+    return GoalArgs(task=task, ppo=reference_ppo(task), tasks=128)
+
+
+PRESETS = {
+    "cpu": {"memory": MemoryArgs, "goal": GoalArgs},
+    "paper": {"memory": paper_memory, "goal": paper_goal},
+}
+
 
 if __name__ == "__main__":
-    main(tyro.cli(Cli, default=MemoryArgs()))
+    main(cli(PRESETS))

@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Annotated
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tyro
 
 import envs  # noqa: F401  (sets the XLA flags before any JAX program runs)
 from agents.core import export_policy
 from agents.ppo import PPOConfig
 from experiments.plots import plot_curves
 from experiments.runner import fmt_ci, iqm_ci, run_loop
-from experiments.study import Study, StudyArgs
+from experiments.study import Study, StudyArgs, cli
 from skills.cultural import (
     VISIBILITY,
     GoalTask,
@@ -38,6 +36,7 @@ from skills.cultural import (
     in_weights_ppo,
     make_in_weights_lineage,
     make_single_lifetime,
+    reference_ppo,
 )
 
 CONDITIONS = ("anneal", "one", "zero")
@@ -203,10 +202,27 @@ def _summary(args: MemoryArgs | GoalArgs, r: dict) -> str:
     )
 
 
-Cli = (
-    Annotated[MemoryArgs, tyro.conf.subcommand("memory")]
-    | Annotated[GoalArgs, tyro.conf.subcommand("goal")]
-)
+def paper_memory() -> MemoryArgs:
+    """The reference's in-weights setting: Memory Sequence of 10 symbols and length 24, 8
+    generations of 5 agents, each trained for 1e5 steps by the reference's in-weights PPO."""
+    task = MemoryTask(num_symbols=10, seq_len=24)
+    return MemoryArgs(task=task, ppo=reference_ppo(task, in_weights=True), population=5,
+                      eval_episodes=128)  # fmt: skip
+
+
+def paper_goal() -> GoalArgs:
+    """The reference's Goal Sequence (7x7, 50 steps per trial) under the in-weights setting
+    of the paper's Memory Sequence (8 generations of 5 agents, 1e5 steps each)."""
+    task = GoalTask(size=7, trial_length=50)
+    return GoalArgs(task=task, ppo=reference_ppo(task, in_weights=True), population=5,
+                    eval_episodes=128)  # fmt: skip
+
+
+PRESETS = {
+    "cpu": {"memory": MemoryArgs, "goal": GoalArgs},
+    "paper": {"memory": paper_memory, "goal": paper_goal},
+}
+
 
 if __name__ == "__main__":
-    main(tyro.cli(Cli, default=MemoryArgs()))
+    main(cli(PRESETS))

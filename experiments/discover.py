@@ -24,14 +24,13 @@ import dataclasses
 import json
 
 import numpy as np
-import tyro
 
 from agents.hparams import require
 from agents.replay.datasets import load_dataset
 from envs.core import spaces
 from experiments.plots import figure
 from experiments.runner import fmt_ci, iqm_ci, write_atomic
-from experiments.study import Study, StudyArgs
+from experiments.study import Study, StudyArgs, cli
 from skills.action_model import ActionModelConfig
 from skills.discover import discover
 
@@ -159,5 +158,16 @@ def _summary(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paper() -> Args:
+    """Accelerator scale: a 256-unit action model trained for 20k steps at batch 128."""
+    model = ActionModelConfig(
+        embed=(256,), gru_hidden=256, head=(256,), total_steps=20_000, batch_size=128, lr=1e-3
+    )
+    return Args(model=model)
+
+
+PRESETS = {"cpu": Args, "paper": paper}
+
+
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(cli(PRESETS))

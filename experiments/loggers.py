@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import jax
 import numpy as np
 
 __all__ = ["KINDS", "Logger", "TensorBoard", "WandB", "log", "opened", "points", "scalars"]
@@ -150,14 +151,15 @@ def log(path: str | Path, lines: Sequence[Mapping[str, Any]]) -> None:
 
 @contextlib.contextmanager
 def opened(kinds: Sequence[str], root: str | Path, config: Mapping[str, Any]) -> Iterator[None]:
-    """Loggers of ``kinds`` for the study folder ``root`` while the block runs."""
+    """Loggers of ``kinds`` for the study folder ``root`` while the block runs (on several
+    hosts, only process 0 logs, as only it writes the run folder)."""
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ValueError(f"unknown logger(s) {sorted(unknown)}; choose from {list(KINDS)}")
     root = Path(root).resolve()
     made: list[Logger] = []
     try:
-        for kind in dict.fromkeys(kinds):
+        for kind in dict.fromkeys(kinds) if jax.process_index() == 0 else ():
             try:
                 made.append(
                     TensorBoard(root) if kind == "tensorboard" else WandB(root, root.name, config)

@@ -24,7 +24,6 @@ import json
 
 import jax
 import numpy as np
-import tyro
 
 import envs
 from agents.core import export_policy
@@ -41,7 +40,7 @@ from agents.replay.levels import (
 from agents.sac import SACConfig, make_sac, replay_contents
 from experiments.plots import plot_curves
 from experiments.runner import RunFolder, stored_results, write_atomic
-from experiments.study import Study, StudyArgs, config_dict, parse_env_kwargs, train_policy
+from experiments.study import Study, StudyArgs, cli, config_dict, parse_env_kwargs, train_policy
 
 TASKS = {"halfcheetah": "HalfCheetah", "hopper": "Hopper", "walker2d": "Walker2d"}
 
@@ -243,5 +242,20 @@ def main(args: Args) -> dict:
     return study.finish(results, "\n".join(_summary(t, r) for t, r in results.items()))
 
 
+def paper() -> Args:
+    """D4RL's scale: SAC for 1M env steps per task, 1M transitions per level, written as
+    version 1 beside the CPU datasets; the default MuJoCo backend (MJX on accelerators)."""
+    return Args(
+        env_kwargs="{}",
+        sac=SACConfig(total_steps=1_000_000, learning_starts=5_000, buffer_size=1_000_000),
+        dataset_steps=1_000_000,
+        collect_envs=100,
+        version=1,
+    )
+
+
+PRESETS = {"cpu": Args, "paper": paper}
+
+
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(cli(PRESETS))

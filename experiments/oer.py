@@ -24,7 +24,6 @@ from typing import Literal
 
 import jax
 import numpy as np
-import tyro
 
 import envs
 from agents.dynamics import DynamicsConfig
@@ -33,7 +32,7 @@ from agents.replay.datasets import collect
 from agents.sac import SACConfig
 from experiments.plots import figure, plot_curves, plot_intervals
 from experiments.runner import RunFolder, fmt_ci, iqm, iqm_ci, run_chunked
-from experiments.study import Study, StudyArgs, config_dict, task_datasets
+from experiments.study import Study, StudyArgs, cli, config_dict, task_datasets
 
 SEQUENCES: dict[str, tuple[str, dict[str, dict[str, float]]]] = {
     "cheetah-vel": (  # MACAW's cheetah-vel: target speeds in [0, 3] m/s
@@ -270,5 +269,26 @@ def _summary(args: Args, names: list[str], r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paper() -> Args:
+    """The reference's launcher: 1M transitions per task from SAC trained for 1M env steps,
+    150k TD3+BC steps per task at batch 1024, 500k dynamics-model steps, buffers of 1,000 and
+    10,000 transitions per task, 100 evaluation episodes."""
+    return Args(
+        dataset_steps=1_000_000,
+        sac=SACConfig(total_steps=1_000_000, learning_starts=5_000, buffer_size=1_000_000),
+        buffer_sizes=(1_000, 10_000),
+        continual=ContinualConfig(
+            steps_per_task=150_000,
+            batch_size=1024,
+            eval_episodes=100,
+            dynamics=DynamicsConfig(total_steps=500_000),
+        ),
+        mmd_samples=5_000,
+    )
+
+
+PRESETS = {"cpu": Args, "paper": paper}
+
+
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(cli(PRESETS))

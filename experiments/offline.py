@@ -22,7 +22,6 @@ import json
 from typing import Any
 
 import numpy as np
-import tyro
 
 import envs
 from agents.iql import IQLConfig, make_iql
@@ -30,7 +29,7 @@ from agents.replay.datasets import episode_returns, load_dataset, normalized_sco
 from agents.td3_bc import TD3BCConfig, make_td3_bc
 from experiments.plots import plot_curves
 from experiments.runner import RunFolder, fmt_ci, iqm_ci, stored_results, write_atomic
-from experiments.study import Study, StudyArgs, config_dict, train_policy
+from experiments.study import Study, StudyArgs, cli, config_dict, train_policy
 
 ALGOS = {"td3_bc": ("TD3+BC", make_td3_bc), "iql": ("IQL", make_iql)}
 TASKS = ("halfcheetah", "hopper", "walker2d")
@@ -211,5 +210,14 @@ def main(args: Args) -> dict:
     return study.finish({"runs": rows}, text)
 
 
+def paper() -> Args:
+    """D4RL's protocol: 1M gradient steps per run (batch 256), 10 episodes every 5,000 steps,
+    on ``make_datasets``' paper-scale datasets (version 1: 1M transitions per level)."""
+    return Args(total_steps=1_000_000, eval_every=5_000, version=1, updates_per_chunk=10)
+
+
+PRESETS = {"cpu": Args, "paper": paper}
+
+
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(cli(PRESETS))

@@ -11,14 +11,13 @@ from typing import Literal
 
 import jax
 import numpy as np
-import tyro
 
 import envs
 from agents.evaluation import evaluate
 from agents.ppo import PPOConfig, make_ppo
 from experiments.plots import plot_curves
 from experiments.runner import final_score, fmt_ci, iqm_ci
-from experiments.study import Study, StudyArgs, parse_env_kwargs, train_policy
+from experiments.study import Study, StudyArgs, cli, parse_env_kwargs, train_policy
 
 
 @dataclasses.dataclass
@@ -95,5 +94,14 @@ def _summary(args: Args, r: dict) -> str:
     )
 
 
+def paper() -> Args:
+    """PureJaxRL's published PPO settings (the PPOConfig defaults: CartPole's 5e5 env steps,
+    4 envs x 128 steps) over 64 seeds and 1,024 greedy evaluation episodes per seed."""
+    return Args(seeds=64, eval_envs=1024)
+
+
+PRESETS = {"cpu": Args, "paper": paper}
+
+
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(cli(PRESETS))

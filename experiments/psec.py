@@ -28,7 +28,6 @@ from typing import Any, Literal
 
 import jax
 import numpy as np
-import tyro
 
 import envs
 from agents.diffusion_policy import DiffusionPolicyConfig, make_diffusion_bc
@@ -36,7 +35,7 @@ from agents.evaluation import evaluate
 from agents.sac import SACConfig
 from experiments.plots import plot_intervals
 from experiments.runner import fmt_ci, iqm_ci
-from experiments.study import Study, StudyArgs, demonstrations, sac_experts, seedwise
+from experiments.study import Study, StudyArgs, cli, demonstrations, sac_experts, seedwise
 from skills.compose import ComposeConfig, make_composition
 from skills.library import SkillLibrary, composing_policy, skill_agent
 
@@ -228,5 +227,32 @@ def _summary(args: Args, r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paper() -> Args:
+    """PSEC's published scale: SAC experts for 1M env steps; a base of D4RL size (1,000
+    episodes) pretrained for 1M steps at batch 2048 (EMA 0.001); skills of rank 8, scale 16,
+    200k steps at batch 512; the composition network 1k steps at batch 512; 10 evaluation
+    episodes."""
+    net = {"width": 256, "num_blocks": 3, "eval_episodes": 10}
+    return Args(
+        sac=SACConfig(total_steps=1_000_000, learning_starts=5_000, buffer_size=1_000_000),
+        base_episodes=1_000,
+        base=DiffusionPolicyConfig(
+            **net, total_steps=1_000_000, eval_every=50_000, batch_size=2048, ema_tau=0.001
+        ),
+        skill=DiffusionPolicyConfig(
+            **net,
+            rank=8,
+            lora_scale=16.0,
+            total_steps=200_000,
+            eval_every=50_000,
+            batch_size=512,
+        ),
+        compose=ComposeConfig(total_steps=1_000, eval_every=500, batch_size=512, eval_episodes=10),
+    )
+
+
+PRESETS = {"cpu": Args, "paper": paper}
+
+
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(cli(PRESETS))

@@ -29,7 +29,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tyro
 
 import envs
 from agents.core import Policy, load_policy
@@ -41,6 +40,7 @@ from experiments.study import (
     Study,
     StudyArgs,
     cannot_render,
+    cli,
     config_dict,
     metric_lines,
     named_key,
@@ -376,5 +376,27 @@ def _plots(study: Study, r: dict, example: Any = None) -> None:
         bottom.legend(loc="upper right", fontsize=7)
 
 
+def paper() -> Args:
+    """Accelerator scale: behaviour policies trained by SAC for 1M env steps, 8x the
+    demonstrations, a 256-unit action model trained 25x longer, segments up to 12,800 steps."""
+    return Args(
+        sac=SACConfig(total_steps=1_000_000, learning_starts=5_000, buffer_size=1_000_000),
+        policy_eval_episodes=20,
+        num_demos=512,
+        model=ActionModelConfig(
+            embed=(256,),
+            gru_hidden=256,
+            head=(256,),
+            total_steps=10_000,
+            batch_size=64,
+            lr=1e-3,
+        ),
+        boundary=BoundaryConfig(gap=12.0, min_len=2, max_len=12_800),
+    )
+
+
+PRESETS = {"cpu": Args, "paper": paper}
+
+
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(cli(PRESETS))

@@ -24,20 +24,30 @@ import contextlib
 import dataclasses
 import json
 import re
+import sys
 import time
 import warnings
 import weakref
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tyro
 
 import envs
-from agents.core import Agent, Policy, batched, check_losses, export_policy, load_policy
+from agents.core import (
+    Agent,
+    Policy,
+    batched,
+    check_losses,
+    export_policy,
+    load_policy,
+    seed_sharding,
+)
 from agents.evaluation import evaluate, record
 from agents.replay import Transition
 from agents.replay.datasets import collect, dataset_complete, load_dataset, save_dataset
@@ -59,6 +69,7 @@ __all__ = [
     "Study",
     "StudyArgs",
     "cannot_render",
+    "cli",
     "config_dict",
     "demonstrations",
     "metric_lines",
@@ -72,8 +83,18 @@ __all__ = [
     "write_video",
 ]
 
-#: Arguments that change how a run is carried out, never its results.
-RUN_ONLY = ("out", "progress", "updates_per_chunk", "overwrite", "on_divergence", "log", "video")
+#: Arguments that change how a run is carried out, never its results (``preset`` only names
+#: the defaults: the config records the values it chose).
+RUN_ONLY = (
+    "out",
+    "progress",
+    "updates_per_chunk",
+    "overwrite",
+    "on_divergence",
+    "log",
+    "video",
+    "preset",
+)
 
 
 @dataclasses.dataclass
@@ -81,12 +102,45 @@ class StudyArgs:
     """Arguments every study has."""
 
     out: str = "results/study"  # the run folder; an existing one is resumed
+    preset: Literal["cpu", "paper"] = "cpu"  # the defaults: this CPU's budget or the paper's
     seed: int = 0
     seeds: int = 5
     progress: bool = True
     overwrite: bool = False  # a finished run: compute its results again (from its checkpoints)
     log: tuple[loggers.Kind, ...] = ()  # metrics also to TensorBoard and/or W&B (extra "log")
     video: int = 0  # steps of a GIF of each trained policy acting greedily (0: none)
+
+
+#: A study's named defaults: preset name -> a factory of its Args, or, for a study with
+#: subcommands, -> {subcommand: factory}.
+Presets = Mapping[str, Callable[[], Any] | Mapping[str, Callable[[], Any]]]
+
+
+def cli(presets: Presets, args: Sequence[str] | None = None) -> Any:
+    """The study's arguments from the command line (``args``, default ``sys.argv[1:]``):
+    tyro over the defaults of ``--preset NAME`` (anywhere on the line; default ``cpu``), so
+    every other flag overrides the preset's value."""
+    argv, name, rest = list(sys.argv[1:] if args is None else args), "cpu", []
+    while argv:
+        arg = argv.pop(0)
+        if arg == "--preset" and argv:
+            name = argv.pop(0)
+        elif arg.startswith("--preset="):
+            name = arg.partition("=")[2]
+        else:
+            rest.append(arg)
+    if name not in presets:
+        raise SystemExit(f"--preset {name!r} is not a preset of this study; choose one of "
+                         f"{', '.join(presets)}")  # fmt: skip
+    chosen = presets[name]
+    if not isinstance(chosen, Mapping):
+        default = dataclasses.replace(chosen(), preset=name)
+        return tyro.cli(type(default), default=default, args=rest)
+    defaults = {k: dataclasses.replace(make(), preset=name) for k, make in chosen.items()}
+    commands = tuple(
+        Annotated[type(d), tyro.conf.subcommand(k, default=d)] for k, d in defaults.items()
+    )
+    return tyro.cli(Union[commands], default=next(iter(defaults.values())), args=rest)  # noqa: UP007
 
 
 def parse_env_kwargs(text: str, flag: str = "--env-kwargs") -> dict[str, Any]:
@@ -133,10 +187,16 @@ def per_seed(x: Any) -> Any:
 
 
 def seedwise(fn: Callable[..., Any], *xs: Any, what: str = "training") -> Any:
-    """``jax.jit(jax.vmap(fn))(*xs)``: a stage over seeds in one program. Every dict of metrics
+    """``jax.jit(jax.vmap(fn))(*xs)``: a stage over seeds in one program, the seeds split over
+    every device (``agents.core.seed_sharding``) when there are several. Every dict of metrics
     it returns (its result, or an element of a returned tuple; [S, steps] arrays) goes through
     ``check_losses``, so a diverged stage stops with ``DivergenceError`` naming ``what``."""
-    out = jax.jit(jax.vmap(fn))(*xs)
+    if jax.device_count() == 1:
+        out = jax.jit(jax.vmap(fn))(*xs)
+    else:
+        sharding = seed_sharding(jax.tree.leaves(xs)[0].shape[0])
+        xs = jax.device_put(xs, sharding)
+        out = jax.jit(jax.vmap(fn), in_shardings=sharding, out_shardings=sharding)(*xs)
     for part in out if isinstance(out, tuple) else (out,):
         if isinstance(part, Mapping):
             steps_first = lambda x: np.moveaxis(np.asarray(x), 0, 1) if np.ndim(x) > 1 else x

@@ -1,11 +1,18 @@
 """Hyperparameter sweeps as one command: a grid of settings x seeds, as few programs as possible.
 
     python -m experiments.sweep ppo --grid lr=1e-4,3e-4,1e-3 ent_coef=0,0.01 --seeds 16
-    python -m experiments.sweep sac --env HalfCheetah --grid lr=1e-4,3e-4 --seeds 4
+    python -m experiments.sweep sac --env HalfCheetah --grid actor_lr=1e-4,3e-4 --seeds 4
     python -m experiments.sweep td3_bc --dataset skill-agents/hopper-medium-v0 --grid alpha=1,2.5,5
+    python -m experiments.sweep diffusion_bc --grid lr=1e-4,3e-4 num_steps=5,10
+    python -m experiments.sweep action_model --grid lr=1e-3,3e-3 gru_hidden=32,64
 
+Agents: PPO and SAC on ``--env``; TD3+BC, IQL and the diffusion policy (PSEC's base learner)
+on a Minari ``--dataset``; SBD's action model on ``--demos`` trajectories of MultiSkill's
+scripted expert (``--env-kwargs`` its params), compared on its final NLL (lower is better).
 The grid is the product of ``--grid name=v1,v2,...`` over fields of the agent's config (its
-base values from ``--ppo.*``, ``--sac.*``, ``--td3-bc.*`` or ``--iql.*``; a tuple as ``64x64``).
+base values from ``--ppo.*``, ``--sac.*``, ``--td3-bc.*``, ``--iql.*``, ``--diffusion-bc.*``
+or ``--action-model.*``; a tuple as ``64x64``). ``--preset cpu`` (the default) trains the
+off-policy and offline learners for 50k steps; ``--preset paper`` for the published 1M.
 Settings that differ only in sweepable fields (learning rates, coefficients, discounts: pytree
 leaves) train in one program: ``agents.core.batched`` over the stacked configs, vmapped over
 seeds, the seeds split over every device (``run_chunked``). Settings that change a static field
@@ -24,42 +31,76 @@ import itertools
 import json
 from typing import Any, Literal
 
+import jax
 import numpy as np
 import tyro
 from tqdm import tqdm
 
 import envs
 from agents.core import batched
+from agents.diffusion_policy import DiffusionPolicyConfig, make_diffusion_bc
 from agents.hparams import require, stack_configs
 from agents.iql import IQLConfig, make_iql
 from agents.ppo import PPOConfig, make_ppo
+from agents.replay import Transition
 from agents.replay.datasets import load_dataset
 from agents.sac import SACConfig, make_sac
 from agents.td3_bc import TD3BCConfig, make_td3_bc
+from envs.gridworlds.multi_skill import check_params, rollout_expert
 from experiments.plots import plot_intervals, plot_profiles
 from experiments.runner import final_score, fmt_ci, iqm_ci, run_chunked
-from experiments.study import Study, StudyArgs, config_dict, parse_env_kwargs
+from experiments.study import Study, StudyArgs, cli, config_dict, named_key, parse_env_kwargs
+from skills.action_model import ActionModelConfig, make_action_model
 
-AGENTS = ("ppo", "sac", "td3_bc", "iql")
+AGENTS = ("ppo", "sac", "td3_bc", "iql", "diffusion_bc", "action_model")
+DEFAULT_ENV = {"ppo": "gymnax:CartPole-v1", "sac": "HalfCheetah", "action_model": "MultiSkill"}
 
 
 @dataclasses.dataclass
 class Args(StudyArgs):
-    agent: tyro.conf.Positional[Literal["ppo", "sac", "td3_bc", "iql"]] = "ppo"
+    agent: tyro.conf.Positional[
+        Literal["ppo", "sac", "td3_bc", "iql", "diffusion_bc", "action_model"]
+    ] = "ppo"
     out: str = "results/sweep"
     seeds: int = 4
     grid: tuple[str, ...] = ()  # name=v1,v2,... over the agent's config fields
-    env: str = "gymnax:CartPole-v1"  # ppo, sac
+    env: str = ""  # ppo (default gymnax:CartPole-v1), sac (default HalfCheetah)
     env_kwargs: str = "{}"  # JSON overrides of the env's default params
-    dataset: str = "skill-agents/halfcheetah-medium-v0"  # td3_bc, iql: a local Minari dataset
+    dataset: str = "skill-agents/halfcheetah-medium-v0"  # td3_bc, iql, diffusion_bc: Minari id
     dataset_root: str | None = None
-    metric: str = "return"  # the metric the settings are compared on
-    updates_per_chunk: int = 10
+    demos: int = 256  # action_model: expert trajectories (one episode each), shared by seeds
+    metric: str = ""  # compared metric; default "return" ("loss" for action_model)
+    updates_per_chunk: int = 0  # between checkpoints / refreshes (0: a twentieth of each group)
     on_divergence: Literal["stop", "exclude"] = "stop"  # exclude: a diverged seed, all settings
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
-    sac: SACConfig = dataclasses.field(default_factory=SACConfig)
-    td3_bc: TD3BCConfig = dataclasses.field(default_factory=TD3BCConfig)
-    iql: IQLConfig = dataclasses.field(default_factory=IQLConfig)
+    sac: SACConfig = dataclasses.field(
+        default_factory=lambda: SACConfig(total_steps=50_000, buffer_size=50_000)
+    )
+    td3_bc: TD3BCConfig = dataclasses.field(default_factory=lambda: TD3BCConfig(total_steps=50_000))
+    iql: IQLConfig = dataclasses.field(default_factory=lambda: IQLConfig(total_steps=50_000))
+    diffusion_bc: DiffusionPolicyConfig = dataclasses.field(default_factory=DiffusionPolicyConfig)
+    action_model: ActionModelConfig = dataclasses.field(default_factory=ActionModelConfig)
+
+    @property
+    def compared(self) -> str:
+        """The metric the settings are compared on."""
+        return self.metric or ("loss" if self.agent == "action_model" else "return")
+
+
+def paper() -> Args:
+    """The published budgets: SAC, TD3+BC and IQL for 1M steps (their config defaults);
+    PSEC's base diffusion policy for 1M steps at batch 2048."""
+    return Args(
+        sac=SACConfig(),
+        td3_bc=TD3BCConfig(),
+        iql=IQLConfig(),
+        diffusion_bc=DiffusionPolicyConfig(
+            total_steps=1_000_000, eval_every=50_000, batch_size=2048, ema_tau=0.001
+        ),
+    )
+
+
+PRESETS = {"cpu": Args, "paper": paper}
 
 
 def parse_grid(base: Any, grid: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -103,15 +144,36 @@ def static_key(config: Any) -> tuple:
 
 def maker(args: Args):
     """(base config, make(config) -> Agent) for ``args.agent``."""
+    base = getattr(args, args.agent)
     if args.agent in ("ppo", "sac"):
-        env, env_params = envs.make(args.env, **parse_env_kwargs(args.env_kwargs))
+        env, env_params = envs.make(
+            args.env or DEFAULT_ENV[args.agent], **parse_env_kwargs(args.env_kwargs)
+        )
         learn = make_ppo if args.agent == "ppo" else make_sac
-        return getattr(args, args.agent), lambda c: learn(c, env, env_params)
+        return base, lambda c: learn(c, env, env_params)
+    if args.agent == "action_model":
+        demos, space = action_model_demos(args)
+        return base, lambda c: make_action_model(c, space, demos)
     data, meta = load_dataset(args.dataset, args.dataset_root)
     env, env_params = envs.make(meta["env_name"], **(meta["env_kwargs"] or {}))
     refs = (meta["ref_min_score"], meta["ref_max_score"])
-    learn = make_td3_bc if args.agent == "td3_bc" else make_iql
-    return getattr(args, args.agent), lambda c: learn(c, data, env, env_params, ref_scores=refs)
+    learn = {"td3_bc": make_td3_bc, "iql": make_iql, "diffusion_bc": make_diffusion_bc}[args.agent]
+    return base, lambda c: learn(c, data, env, env_params, ref_scores=refs)
+
+
+def action_model_demos(args: Args) -> tuple[Transition, Any]:
+    """``args.demos`` trajectories [N, T] of MultiSkill's scripted expert, and its action space."""
+    name = args.env or DEFAULT_ENV["action_model"]
+    require(name == "MultiSkill", f"--env {name}: the action model sweeps on MultiSkill's "
+            "scripted demonstrations; leave --env out or give MultiSkill")  # fmt: skip
+    env, params = envs.make(name, **parse_env_kwargs(args.env_kwargs))
+    check_params(params)
+    steps, keys = (
+        int(params.max_steps_in_episode),
+        jax.random.split(named_key(args.seed, "demos"), args.demos),
+    )
+    demos = jax.jit(jax.vmap(lambda k: rollout_expert(k, env, params, steps)))(keys)
+    return Transition(*demos[:6]), env.action_space(params)
 
 
 def main(args: Args) -> dict:
@@ -127,6 +189,7 @@ def main(args: Args) -> dict:
     for i, c in enumerate(configs):
         groups.setdefault(static_key(c), []).append(i)
     agents = [batched(make, stack_configs([configs[i] for i in g])) for g in groups.values()]
+    metric, lower = args.compared, "loss" in args.compared or "nll" in args.compared
     total = sum(a.num_updates * a.steps_per_update for a in agents)
     desc = f"sweep: {len(configs)} settings x {args.seeds} seeds, {agents[0].step_unit}/seed"
     bar = tqdm(total=total, unit="step", unit_scale=True, disable=not args.progress, desc=desc)
@@ -134,15 +197,16 @@ def main(args: Args) -> dict:
     walls = []
     for k, (members, agent) in enumerate(zip(groups.values(), agents)):
         folder = study.folder("groups", str(k), settings=[settings[i] for i in members])
+        chunk = args.updates_per_chunk or max(1, -(-agent.num_updates // 20))
         _, metrics, timing = run_chunked(
-            agent, study.key("group", k), args.seeds, folder, args.updates_per_chunk,
+            agent, study.key("group", k), args.seeds, folder, chunk,
             bar=bar, exclude_diverged=args.on_divergence == "exclude",
         )  # fmt: skip
         require(
-            args.metric in metrics,
-            f"--metric {args.metric}: the {args.agent} agent reports {sorted(metrics)}",
+            metric in metrics,
+            f"--metric {metric}: the {args.agent} agent reports {sorted(metrics)}",
         )
-        curves = metrics[args.metric]  # [S, updates, B]
+        curves = metrics[metric]  # [S, updates, B]
         final = np.stack([final_score(curves[..., j]) for j in range(len(members))])  # [B, S]
         final[:, timing["diverged_seeds"]] = np.nan
         for j, i in enumerate(members):
@@ -154,7 +218,8 @@ def main(args: Args) -> dict:
     kept = {n: v[np.isfinite(v)] for n, v in per_setting.items()}
     results = {
         "agent": args.agent,
-        "metric": args.metric,
+        "metric": metric,
+        "lower_is_better": lower,
         "grid": list(args.grid),
         "base": config_dict(base),
         "programs": len(groups),
@@ -164,18 +229,21 @@ def main(args: Args) -> dict:
         },
         "timing": walls,
     }
-    plot_intervals(study.path / "intervals.png", kept, f"final {args.metric}")
-    plot_profiles(study.path / "profiles.png", kept, f"final {args.metric}")
+    plot_intervals(study.path / "intervals.png", kept, f"final {metric}")
+    sign, label = (-1, f"final {metric}, negated (higher is better)") if lower else (1, None)
+    profiles = {n: sign * v for n, v in kept.items()}
+    plot_profiles(study.path / "profiles.png", profiles, label or f"final {metric}")
     return study.finish(results, _summary(args, results))
 
 
 def _summary(args: Args, r: dict) -> str:
-    rows = sorted(r["settings"].items(), key=lambda kv: -kv[1]["iqm_ci"][0])
+    sign = 1 if r["lower_is_better"] else -1
+    rows = sorted(r["settings"].items(), key=lambda kv: sign * kv[1]["iqm_ci"][0])
     lines = [
         f"# {args.agent} sweep: {len(rows)} settings x {args.seeds} seeds in {r['programs']} "
         f"program(s)",
         "",
-        f"Final {args.metric} (mean over the last 10% of updates), IQM [95% CI] over seeds; "
+        f"Final {r['metric']} (mean over the last 10% of updates), IQM [95% CI] over seeds; "
         f"best first. Base config: {json.dumps(r['base'])}",
         "",
         "| setting | IQM [95% CI] |",
@@ -186,4 +254,4 @@ def _summary(args: Args, r: dict) -> str:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(cli(PRESETS))

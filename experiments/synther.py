@@ -25,12 +25,12 @@ from typing import Literal
 
 import jax
 import numpy as np
-import tyro
 
 import envs
 from agents import offline
 from agents.core import Agent
-from agents.diffusion import PRESETS, DiffusionConfig
+from agents.diffusion import PRESETS as DENOISERS
+from agents.diffusion import DiffusionConfig
 from agents.iql import IQLConfig, make_iql
 from agents.replay import Transition
 from agents.replay.datasets import D4RL_REF_SCORES, load_dataset
@@ -39,7 +39,7 @@ from agents.synther import SynthERConfig, fit_synthesizer, make_synther, quality
 from agents.td3_bc import TD3BCConfig, make_td3_bc
 from experiments.plots import figure, plot_curves, plot_intervals
 from experiments.runner import RunFolder, final_score, fmt_ci, iqm_ci
-from experiments.study import Study, StudyArgs, config_dict, parse_env_kwargs, train_policy
+from experiments.study import Study, StudyArgs, cli, config_dict, parse_env_kwargs, train_policy
 
 
 def cpu_online() -> SynthERConfig:
@@ -52,7 +52,7 @@ def cpu_online() -> SynthERConfig:
         buffer_size=12_000,
         hidden=(64, 64),
     )
-    diffusion = PRESETS["cpu"].replace(total_steps=3_000)
+    diffusion = DENOISERS["cpu"].replace(total_steps=3_000)
     return SynthERConfig(sac, diffusion, retrain_every=2_000, num_synthetic=50_000)
 
 
@@ -63,7 +63,7 @@ class Args(StudyArgs):
     dataset: str = "skill-agents/walker2d-medium-replay-v0"
     root: str | None = None  # dataset root (default $MINARI_DATASETS_PATH or Minari's)
     subset_fraction: float = 0.15  # of the dataset's episodes
-    diffusion: DiffusionConfig = PRESETS["cpu"]
+    diffusion: DiffusionConfig = DENOISERS["cpu"]
     num_synthetic: int = 200_000  # upsampled dataset size (reference: 5M)
     quality_samples: int = 20_000  # synthetic transitions checked against the simulator
     learner: Literal["iql", "td3_bc"] = "iql"
@@ -247,5 +247,31 @@ def main(args: Args) -> dict:
     return study.finish(results, summary(args, results))
 
 
+def paper() -> Args:
+    """SynthER's published scale: the reference denoiser (width 2048 x 6 blocks, 100k steps,
+    128 Heun steps), 5M synthetic samples, TD3+BC for 1M steps on version-1 (1M-transition)
+    data; online: SAC 256x256 at UTD 20 for 100k env steps, a fresh width-1024 denoiser
+    trained for 100k steps every 10k env steps, 1M synthetic samples, half of each batch."""
+    online = SynthERConfig(
+        SACConfig(total_steps=100_000, learning_starts=5_000, utd=20, buffer_size=100_000),
+        DENOISERS["reference_online"],
+        retrain_every=10_000,
+        num_synthetic=1_000_000,
+        sample_chunk=50_000,
+    )
+    return Args(
+        dataset="skill-agents/walker2d-medium-replay-v1",
+        diffusion=DENOISERS["reference"],
+        num_synthetic=5_000_000,
+        quality_samples=100_000,
+        learner="td3_bc",
+        offline_steps=1_000_000,
+        online=online,
+    )
+
+
+PRESETS = {"cpu": Args, "paper": paper}
+
+
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(cli(PRESETS))

@@ -193,13 +193,14 @@ def _check_demos(demos: Transition, space: spaces.Space) -> None:
             jnp.issubdtype(jnp.result_type(demos.action), jnp.integer),
             "action model: discrete actions must be integers; cast with .astype(jnp.int32)",
         )
-    if is_concrete(demos.obs) and is_concrete(demos.action):
+    if is_concrete(demos.obs) and is_concrete(demos.action):  # on the host: also under a trace
+        obs, action = np.asarray(demos.obs), np.asarray(demos.action)
         require(
-            bool(jnp.isfinite(demos.obs).all()) and bool(jnp.isfinite(demos.action).all()),
+            bool(np.isfinite(obs).all()) and bool(np.isfinite(action).all()),
             "action model: demonstrations hold NaN or inf; drop or repair those steps",
         )
         if discrete:
-            low, high = int(jnp.min(demos.action)), int(jnp.max(demos.action))
+            low, high = int(action.min()), int(action.max())
             require(
                 low >= 0 and high < space.n,
                 f"action model: discrete actions range over [{low}, {high}], outside the "

@@ -59,6 +59,7 @@ __all__ = [
     "make_in_weights_lineage",
     "make_single_lifetime",
     "record_play",
+    "reference_ppo",
     "select_demonstrations",
 ]
 
@@ -81,6 +82,29 @@ def _in_context_ppo() -> PPOConfig:
         lr=2e-3,
         ent_coef=0.02,
     )
+
+
+def reference_ppo(task: MemoryTask | GoalTask, in_weights: bool = False) -> PPOConfig:
+    """The reference's PPO on ``task`` (the paper preset). Memory Sequence: Dense 128 ->
+    Dense 256 (leaky ReLU) -> GRU 256 -> heads 128-128; 16 envs x 128 steps, 8M steps, 2
+    epochs x 8 minibatches, lr 2.5e-4, entropy 0.03. Goal Sequence: Dense 256 -> GRU 256 ->
+    heads 64-64; 128 envs x 32 steps, 15M steps, lr 1e-5. In-weights (one generation): 1e5
+    steps with 4 envs, 4 epochs x 4 minibatches, entropy 0.01."""
+    ppo = PPOConfig(
+        num_envs=16, num_steps=128, total_steps=8_000_000, update_epochs=2, num_minibatches=8,
+        recurrent=True, hidden=(128, 128), embed=(128, 256), gru_hidden=256,
+        activation="leaky_relu", lr=2.5e-4, ent_coef=0.03,
+    )  # fmt: skip
+    if in_weights:
+        return ppo.replace(
+            num_envs=4, total_steps=102_400, update_epochs=4, num_minibatches=4, ent_coef=0.01
+        )
+    if isinstance(task, GoalTask):
+        return ppo.replace(
+            num_envs=128, num_steps=32, total_steps=15_000_000, hidden=(64, 64), embed=(256,),
+            activation="tanh", lr=1e-5,
+        )  # fmt: skip
+    return ppo
 
 
 def in_weights_ppo() -> PPOConfig:

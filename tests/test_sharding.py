@@ -48,6 +48,7 @@ def test_eight_devices_give_one_devices_per_seed_results_and_resume_on_two(tmp_p
     # half the updates on 8 devices, the rest resumed from its checkpoint on 2
     half = run(tmp_path, "half", 8, 8, "4", folder="resumed")
     assert int(half["devices"]) == 8 and "'seeds': 8" in str(half["sharding"])
+    assert "'seeds': 8" in str(half["stage_sharding"])  # seedwise stages split too
     assert half["m_return"].shape == (8, 4)
     same_seeds({k: v[:, :4] for k, v in one.items() if k.startswith("m_")}, half)
     resumed = run(tmp_path, "resumed", 2, 8, folder="resumed")

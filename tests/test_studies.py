@@ -279,6 +279,60 @@ def test_sweep_offline(tmp_path, dataset_root):
     offline += ["--td3-bc.batch-size", "8", "--seeds", "1"]
     r = run_study("sweep", tmp_path / "td3", "td3_bc", "--grid", "alpha=1,2.5", *offline)
     assert r["programs"] == 1 and len(r["settings"]) == 2
+    tiny = ["--diffusion-bc.total-steps", "20", "--diffusion-bc.eval-every", "10"]
+    tiny += ["--diffusion-bc.eval-episodes", "1", "--diffusion-bc.width", "8"]
+    tiny += ["--diffusion-bc.batch-size", "8", "--seeds", "1", "--dataset-root", str(dataset_root)]
+    r = run_study("sweep", tmp_path / "dbc", "diffusion_bc", "--grid", "lr=1e-4,1e-3", *tiny)
+    assert r["metric"] == "return" and len(r["settings"]) == 2
+
+
+def test_sweep_action_model(tmp_path):
+    """A skill learner's sweep: SBD's action model on MultiSkill demonstrations, compared on
+    its final NLL (lower is better: the summary lists the lowest first)."""
+    tiny = ["--demos", "4", "--env-kwargs", '{"max_steps_in_episode": 24}', "--seeds", "2"]
+    tiny += ["--action-model.total-steps", "20", "--action-model.batch-size", "2"]
+    tiny += ["--action-model.embed", "8", "--action-model.gru-hidden", "8"]
+    tiny += ["--action-model.head", "8"]
+    r = run_study("sweep", tmp_path / "am", "action_model", "--grid", "lr=1e-4,3e-2", *tiny)
+    assert r["metric"] == "loss" and r["lower_is_better"] and len(r["settings"]) == 2
+    iqm = {n: s["iqm_ci"][0] for n, s in r["settings"].items()}
+    assert iqm["lr=0.03"] < iqm["lr=0.0001"]  # 20 steps: the larger rate fits faster
+    table = (tmp_path / "am" / "summary.md").read_text()
+    assert table.index("lr=0.03") < table.index("lr=0.0001")
+
+
+def every_config(obj):
+    """``obj`` and every dataclass nested in it."""
+    yield obj
+    if dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            yield from every_config(getattr(obj, f.name))
+
+
+def test_every_study_has_valid_cpu_and_paper_presets():
+    """``--preset paper`` gives each study (and each subcommand) valid settings that differ
+    from the CPU ones; flags after it override it; an unknown preset is refused by name."""
+    import importlib
+
+    from experiments.study import cli
+
+    for name in studies():
+        presets = importlib.import_module(f"experiments.{name}").PRESETS
+        assert set(presets) == {"cpu", "paper"}, name
+        commands = presets["cpu"] if isinstance(presets["cpu"], dict) else {"": None}
+        for command in commands:
+            sub = [command] if command else []
+            cpu, paper = (cli(presets, ["--preset", p, *sub]) for p in ("cpu", "paper"))
+            assert (cpu.preset, paper.preset) == ("cpu", "paper")
+            for config in every_config(paper):
+                if hasattr(config, "validate"):
+                    config.validate()
+            assert dataclasses.replace(paper, preset="cpu") != cpu, f"{name} {command}"
+            assert cli(presets, [*sub, "--preset=paper", "--seeds", "3"]).seeds == 3
+    presets = importlib.import_module("experiments.offline").PRESETS
+    assert cli(presets, ["--preset", "paper"]).total_steps == 1_000_000
+    with pytest.raises(SystemExit, match="'gpu' is not a preset of this study; choose one of cpu"):
+        cli(presets, ["--preset", "gpu"])
 
 
 def test_sweep_grid_errors_are_named():
