@@ -62,6 +62,7 @@ __all__ = [
     "make_model",
     "net_fn",
     "prepare_in_units",
+    "reference_config",
 ]
 
 MIXES = ("param", "context", "noise", "action")
@@ -126,6 +127,19 @@ class DiffusionPolicyConfig:
             "ema_tau": (lambda v: (v > 0) & (v <= 1), "in (0, 1]"),
         }
         require_fields(self, checks)
+
+
+def reference_config(rank: int = 0, **changes: Any) -> DiffusionPolicyConfig:
+    """PSEC's published settings (the paper presets): a base (``rank`` 0) pretrained for 1M
+    steps at batch 2048 with EMA 0.001, or a LoRA skill of ``rank`` (scale 16) trained for
+    200k steps at batch 512 (the dynamics-shift launcher's); ``changes`` override fields."""
+    if rank == 0:
+        fields = {"total_steps": 1_000_000, "eval_every": 50_000, "batch_size": 2048,
+                  "ema_tau": 0.001}  # fmt: skip
+    else:
+        fields = {"rank": rank, "lora_scale": 16.0, "total_steps": 200_000,
+                  "eval_every": 50_000, "batch_size": 512}  # fmt: skip
+    return DiffusionPolicyConfig(**{**fields, **changes})
 
 
 class ContextAlpha(nn.Module):

@@ -247,7 +247,7 @@ def paper() -> Args:
     version 1 beside the CPU datasets; the default MuJoCo backend (MJX on accelerators)."""
     return Args(
         env_kwargs="{}",
-        sac=SACConfig(total_steps=1_000_000, learning_starts=5_000, buffer_size=1_000_000),
+        sac=SACConfig(),  # the published 1M env steps
         dataset_steps=1_000_000,
         collect_envs=100,
         version=1,

@@ -275,7 +275,7 @@ def paper() -> Args:
     10,000 transitions per task, 100 evaluation episodes."""
     return Args(
         dataset_steps=1_000_000,
-        sac=SACConfig(total_steps=1_000_000, learning_starts=5_000, buffer_size=1_000_000),
+        sac=SACConfig(),  # the published 1M env steps
         buffer_sizes=(1_000, 10_000),
         continual=ContinualConfig(
             steps_per_task=150_000,

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 import envs
-from agents.diffusion_policy import DiffusionPolicyConfig, make_diffusion_bc
+from agents.diffusion_policy import DiffusionPolicyConfig, make_diffusion_bc, reference_config
 from agents.evaluation import evaluate
 from agents.sac import SACConfig
 from experiments.plots import plot_intervals
@@ -231,22 +231,12 @@ def paper() -> Args:
     """PSEC's published scale: SAC experts for 1M env steps; a base of D4RL size (1,000
     episodes) pretrained for 1M steps at batch 2048 (EMA 0.001); skills of rank 8, scale 16,
     200k steps at batch 512; the composition network 1k steps at batch 512; 10 evaluation
-    episodes."""
-    net = {"width": 256, "num_blocks": 3, "eval_episodes": 10}
+    episodes (``agents.diffusion_policy.reference_config``)."""
     return Args(
-        sac=SACConfig(total_steps=1_000_000, learning_starts=5_000, buffer_size=1_000_000),
+        sac=SACConfig(),  # the published 1M env steps
         base_episodes=1_000,
-        base=DiffusionPolicyConfig(
-            **net, total_steps=1_000_000, eval_every=50_000, batch_size=2048, ema_tau=0.001
-        ),
-        skill=DiffusionPolicyConfig(
-            **net,
-            rank=8,
-            lora_scale=16.0,
-            total_steps=200_000,
-            eval_every=50_000,
-            batch_size=512,
-        ),
+        base=reference_config(eval_episodes=10),
+        skill=reference_config(rank=8, eval_episodes=10),
         compose=ComposeConfig(total_steps=1_000, eval_every=500, batch_size=512, eval_episodes=10),
     )
 

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import envs
-from agents.diffusion_policy import DiffusionPolicyConfig, make_diffusion_bc
+from agents.diffusion_policy import DiffusionPolicyConfig, make_diffusion_bc, reference_config
 from agents.evaluation import evaluate
 from agents.iql import IQLConfig, advantage_weights, make_iql
 from agents.sac import SACConfig
@@ -207,23 +207,13 @@ def paper() -> Args:
     """PSEC's safe-RL launcher: SAC experts for 1M env steps, ten times the data (40 episodes
     per expert and noise level), IQL for 1M steps, a base pretrained for 1M steps at batch
     2048, skills of rank 16 and scale 32 for 100k steps at batch 512, 20 evaluation episodes."""
-    net = {"width": 256, "num_blocks": 3, "eval_episodes": 0}
     return Args(
         episodes=40,
         eval_episodes=20,
-        sac=SACConfig(total_steps=1_000_000, learning_starts=5_000, buffer_size=1_000_000),
+        sac=SACConfig(),  # the published 1M env steps
         iql=IQLConfig(total_steps=1_000_000, eval_every=100_000, eval_episodes=0),
-        base=DiffusionPolicyConfig(
-            **net, total_steps=1_000_000, eval_every=100_000, batch_size=2048, ema_tau=0.001
-        ),
-        skill=DiffusionPolicyConfig(
-            **net,
-            rank=16,
-            lora_scale=32.0,
-            total_steps=100_000,
-            eval_every=50_000,
-            batch_size=512,
-        ),
+        base=reference_config(eval_episodes=0),
+        skill=reference_config(rank=16, lora_scale=32.0, total_steps=100_000, eval_episodes=0),
         compose=ComposeConfig(total_steps=1_000, eval_every=1_000, batch_size=512, eval_episodes=0),
     )
 

@@ -380,7 +380,7 @@ def paper() -> Args:
     """Accelerator scale: behaviour policies trained by SAC for 1M env steps, 8x the
     demonstrations, a 256-unit action model trained 25x longer, segments up to 12,800 steps."""
     return Args(
-        sac=SACConfig(total_steps=1_000_000, learning_starts=5_000, buffer_size=1_000_000),
+        sac=SACConfig(),  # the published 1M env steps
         policy_eval_episodes=20,
         num_demos=512,
         model=ActionModelConfig(

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 import envs
 from agents.core import batched
-from agents.diffusion_policy import DiffusionPolicyConfig, make_diffusion_bc
+from agents.diffusion_policy import DiffusionPolicyConfig, make_diffusion_bc, reference_config
 from agents.hparams import require, stack_configs
 from agents.iql import IQLConfig, make_iql
 from agents.ppo import PPOConfig, make_ppo
@@ -94,9 +94,7 @@ def paper() -> Args:
         sac=SACConfig(),
         td3_bc=TD3BCConfig(),
         iql=IQLConfig(),
-        diffusion_bc=DiffusionPolicyConfig(
-            total_steps=1_000_000, eval_every=50_000, batch_size=2048, ema_tau=0.001
-        ),
+        diffusion_bc=reference_config(),
     )
 
 
