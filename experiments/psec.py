@@ -35,7 +35,7 @@ from agents.evaluation import evaluate
 from agents.sac import SACConfig
 from experiments.plots import plot_intervals
 from experiments.runner import fmt_ci, iqm_ci
-from experiments.study import Study, StudyArgs, cli, demonstrations, sac_experts, seedwise
+from experiments.study import Study, StudyArgs, cli, demonstrations, sac_experts
 from skills.compose import ComposeConfig, make_composition
 from skills.library import SkillLibrary, composing_policy, skill_agent
 
@@ -113,7 +113,7 @@ def main(args: Args) -> dict:
         config = args.base.replace(model=model)
         agent = make_diffusion_bc(config, data[first], env, task(first))
         keys = study.seed_keys("base", model)
-        state, metrics = seedwise(agent.train, keys, what=f"the {model} base")
+        state, metrics = study.stage(("base", model), agent.train, keys, what=f"the {model} base")
         return agent.policy.spec, jax.vmap(agent.policy_params)(state)["net"], final(metrics)
 
     def skills(spec: dict, bases: Any, rank: int) -> tuple[dict, dict]:
@@ -127,8 +127,8 @@ def main(args: Args) -> dict:
                 state, metrics = agent.train(key)
                 return agent.policy_params(state)["adapters"], metrics
 
-            keys = study.seed_keys("skill", name, rank, spec["model"])
-            return seedwise(one, bases, keys, what=f"skill {name!r}")
+            stage = ("skill", name, rank, spec["model"])
+            return study.stage(stage, one, bases, study.seed_keys(*stage), what=f"skill {name!r}")
 
         trained = {name: learn(name) for name in skill_names}
         adapters = {n: jax.tree.map(lambda x: x[:, 0], a) for n, (a, _) in trained.items()}
@@ -144,7 +144,8 @@ def main(args: Args) -> dict:
             )
             return agent.train(key)[1]
 
-        return final(seedwise(one, bases, adapters, study.seed_keys("compose", name), what=name))
+        keys = study.seed_keys("compose", name)
+        return final(study.stage(("compose", name), one, bases, adapters, keys, what=name))
 
     def tuned(spec: dict, bases: Any, rank: int, name: str) -> np.ndarray:
         """Each seed's base tuned on the target: a LoRA of ``rank``, or fully at rank 0."""
@@ -161,7 +162,7 @@ def main(args: Args) -> dict:
                 )
             return agent.train(key)[1]
 
-        return final(seedwise(one, bases, study.seed_keys(name), what=name))
+        return final(study.stage((name,), one, bases, study.seed_keys(name), what=name))
 
     def alone(spec: dict, bases: Any, adapters: dict) -> dict[str, np.ndarray]:
         """Each seed's skills, each alone on the target: greedy returns {skill: [S]}."""
@@ -174,7 +175,8 @@ def main(args: Args) -> dict:
             return evaluate(key, env, target_task, policy, params, episodes)["return"].mean()
 
         over_skills = jax.vmap(run, in_axes=(None, 0, None))  # [K]
-        returns = seedwise(over_skills, bases, stacked, study.seed_keys("alone"))  # [S, K]
+        keys = study.seed_keys("alone")
+        returns = study.stage(("alone", spec["model"]), over_skills, bases, stacked, keys)  # [S, K]
         return {f"{n} skill alone": np.asarray(returns[:, i]) for i, n in enumerate(adapters)}
 
     # 1. the base, 2. the skills, 3. every arm on the target
@@ -187,7 +189,7 @@ def main(args: Args) -> dict:
     config = args.skill.replace(rank=0)
     scratch = make_diffusion_bc(config, data[target_name], env, task(target_name))
     keys = study.seed_keys("scratch")
-    target["scratch"] = final(seedwise(scratch.train, keys, what="scratch")[1])
+    target["scratch"] = final(study.stage(("scratch",), scratch.train, keys, what="scratch")[1])
     target["full fine-tuning"] = tuned(spec, bases, 0, "fine-tune")
     target["LoRA on the target (no composition)"] = tuned(
         spec, bases, args.skill.rank, "lora-target"

@@ -34,7 +34,7 @@ from agents.iql import IQLConfig, advantage_weights, make_iql
 from agents.sac import SACConfig
 from experiments.plots import plot_intervals
 from experiments.runner import fmt_ci, iqm_ci
-from experiments.study import Study, StudyArgs, cli, demonstrations, sac_experts, seedwise
+from experiments.study import Study, StudyArgs, cli, demonstrations, sac_experts
 from skills.compose import ComposeConfig, make_composition
 from skills.library import SkillLibrary, composing_policy, skill_agent
 
@@ -110,14 +110,16 @@ def main(args: Args) -> dict:
 
     # 1. the base (the BC arm) and each seed's IQL critics of the reward and of minus the cost
     base_agent = make_diffusion_bc(args.base, data, env, env_params)
-    base_state, _ = seedwise(base_agent.train, study.seed_keys("base"), what="the base")
+    base_keys = study.seed_keys("base")
+    base_state, _ = study.stage(("base",), base_agent.train, base_keys, what="the base")
     bases = jax.vmap(base_agent.policy_params)(base_state)["net"]
     spec = base_agent.policy.spec
     labelled = {"reward": data, "cost": data._replace(reward=-cost)}
 
     def weights(name: str) -> jax.Array:  # [S, N]
         iql = make_iql(args.iql, labelled[name], env, env_params)
-        states, _ = seedwise(iql.train, study.seed_keys("iql", name), what=f"IQL of the {name}")
+        keys, what = study.seed_keys("iql", name), f"IQL of the {name}"
+        states, _ = study.stage(("iql", name), iql.train, keys, what=what)
         one = lambda state: advantage_weights(args.iql, state, labelled[name], env, env_params)
         return jax.jit(jax.vmap(one))(states)
 
@@ -130,7 +132,8 @@ def main(args: Args) -> dict:
             return agent.policy_params(state)["adapters"], metrics
 
         keys = study.seed_keys("skill", name)
-        adapters, _ = seedwise(one, bases, weights(name), keys, what=f"the {name} skill")
+        stage = ("skill", name)
+        adapters, _ = study.stage(stage, one, bases, weights(name), keys, what=f"the {name} skill")
         return jax.tree.map(lambda x: x[:, 0], adapters)
 
     skills = {name: skill(name) for name in SKILLS}  # {name: [S, ...]}
@@ -159,7 +162,8 @@ def main(args: Args) -> dict:
             state, metrics = agent.train(key)
             return agent.policy_params(state), metrics
 
-        params, _ = seedwise(one, bases, skills, study.seed_keys("compose", name), what=name)
+        keys = study.seed_keys("compose", name)
+        params, _ = study.stage(("compose", name), one, bases, skills, keys, what=name)
         arms[name] = score(composing_policy(spec, mix), params, name)
     alone = jax.tree.map(lambda *x: jnp.stack(x, 1)[:, :, None], *skills.values())  # [S, K, 1]
     params = {"net": bases, "adapters": alone, "weights": jnp.ones((args.seeds, len(SKILLS), 1))}

@@ -39,6 +39,7 @@ import numpy as np
 import tyro
 
 import envs
+from agents.checkpoint import Checkpointer
 from agents.core import (
     Agent,
     Policy,
@@ -265,6 +266,19 @@ class Study:
     def seed_keys(self, *names: str | int) -> jax.Array:
         """[args.seeds] keys of one named stage, one per seed."""
         return jax.random.split(self.key(*names), self.args.seeds)
+
+    def stage(self, name: tuple[str | int, ...], fn: Callable[..., Any], *xs: Any,
+              what: str = "training") -> Any:  # fmt: skip
+        """``seedwise(fn, *xs, what=what)``, kept in ``out/stages/<name>`` (orbax, with this
+        study's config): a study stopped after this stage loads its output instead of running
+        it again; one whose config changed is refused by name (``CheckpointError``)."""
+        slug = re.sub(r"[^\w.-]+", "-", "-".join(map(str, name))).strip("-")
+        ckpt = Checkpointer(self.path / "stages" / slug, self.config, max_to_keep=1)
+        if ckpt.latest_step() is not None:  # a dict: orbax stores no bare array
+            return ckpt.restore({"out": jax.eval_shape(jax.vmap(fn), *xs)})["out"]
+        out = seedwise(fn, *xs, what=what)
+        ckpt.save(0, {"out": out})
+        return out
 
     def folder(self, *parts: str, **config: Any) -> RunFolder:
         """The run folder ``out/<parts>`` of one sub-run, recording the study's config and

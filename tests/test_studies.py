@@ -532,3 +532,29 @@ def test_a_finished_study_returns_its_results_and_a_refused_one_changes_nothing(
     other = Study("s", dataclasses.replace(args, seeds=3))  # another config: runs, and until it
     assert other.finished() is None  # finishes the folder's config.json describes the old run
     assert json.loads((tmp_path / "config.json").read_text())["seeds"] == 2
+
+
+def test_a_stopped_study_loads_its_finished_stages(tmp_path):
+    """``Study.stage`` keeps a stage's output (PRNG keys included) in the run folder: a study
+    started again loads it instead of running the stage; another config is refused."""
+    import jax
+
+    from agents.checkpoint import CheckpointError
+    from experiments.study import Study, StudyArgs
+
+    args = StudyArgs(out=str(tmp_path), seeds=2)
+    train = lambda k: ({"w": jax.random.normal(k, (3,)), "key": k}, {"loss": jax.numpy.ones(4)})
+    study = Study("s", args)
+    first = study.stage(("train", 1), train, study.seed_keys("train"))
+    again = Study("s", args).stage(("train", 1), lambda k: jax.tree.map(lambda x: x, train(k)),
+                                   study.seed_keys("other"))  # fmt: skip
+    np.testing.assert_array_equal(again[0]["w"], first[0]["w"])  # loaded, not recomputed
+    assert jax.numpy.array_equal(jax.random.key_data(again[0]["key"]),
+                                 jax.random.key_data(first[0]["key"]))  # fmt: skip
+    assert (tmp_path / "stages" / "train-1").is_dir()
+    returns = study.stage(("returns",), lambda k: jax.random.uniform(k, (2,)), study.seed_keys("r"))
+    loaded = Study("s", args).stage(("returns",), lambda x: x * 0, returns)  # a bare array
+    np.testing.assert_array_equal(loaded, returns)
+    with pytest.raises(CheckpointError, match="seeds"):
+        Study("s", dataclasses.replace(args, seeds=3)).stage(("train", 1), train,
+                                                             study.seed_keys("train"))  # fmt: skip
