@@ -175,6 +175,17 @@ def plot_pr(ax: Any, curves: Mapping[str, tuple[Mapping[str, Any], str]], xlabel
     ax.set(xlabel=xlabel, ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
 
 
+def mark_boundaries(ax: Any, true: np.ndarray, detected: np.ndarray, fontsize: int = 8) -> None:
+    """Vertical lines on ``ax`` at the true (green) and detected (red, dashed) boundary steps of
+    one trajectory (bool [T] each; step 0 left out), labelled NLL axes and a legend."""
+    for i, b in enumerate(np.flatnonzero(true[1:]) + 1):
+        ax.axvline(b, color="g", alpha=0.6, label="true switch" if i == 0 else None)
+    for i, b in enumerate(np.flatnonzero(detected[1:]) + 1):
+        ax.axvline(b, color="r", ls="--", alpha=0.8, label="detected" if i == 0 else None)
+    ax.set(xlabel="step", ylabel="nats")
+    ax.legend(loc="upper right", fontsize=fontsize)
+
+
 def write_gif(path: str | Path, frames: np.ndarray, fps: int = 25, width: int = 240) -> Path:
     """``frames`` uint8 [T, H, W, 3] as a looping GIF at ``fps``, scaled to ``width`` pixels."""
     from PIL import Image

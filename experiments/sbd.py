@@ -29,7 +29,14 @@ import envs
 from agents.hparams import stack_configs
 from agents.replay import Transition
 from envs.gridworlds.multi_skill import check_params, rollout_expert
-from experiments.plots import figure, plot_curves, plot_pr, segment_strip, write_gif
+from experiments.plots import (
+    figure,
+    mark_boundaries,
+    plot_curves,
+    plot_pr,
+    segment_strip,
+    write_gif,
+)
 from experiments.runner import fmt_ci, iqm_ci
 from experiments.study import Study, StudyArgs, cli, metric_lines, parse_env_kwargs, per_seed
 from skills import sbd
@@ -292,12 +299,7 @@ def _plots(study: Study, r: dict, example: Any = None) -> None:
     true, start, nll, detected = example  # an example trajectory of seed 0
     with figure(path / "example_trajectory.png", size=(9, 3)) as ax:
         ax.plot(np.arange(nll.shape[0]), nll, label="NLL (memory reset at detected boundaries)")
-        for i, b in enumerate(np.flatnonzero(true & ~start)):
-            ax.axvline(b, color="g", alpha=0.6, label="true switch" if i == 0 else None)
-        for i, b in enumerate(np.flatnonzero(detected & ~start)):
-            ax.axvline(b, color="r", ls="--", alpha=0.8, label="detected" if i == 0 else None)
-        ax.set(xlabel="step", ylabel="nats")
-        ax.legend(loc="upper right", fontsize=8)
+        mark_boundaries(ax, true & ~start, detected & ~start)
 
 
 def paper() -> Args:

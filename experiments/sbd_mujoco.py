@@ -34,7 +34,14 @@ import envs
 from agents.core import Policy, load_policy
 from agents.hparams import require, stack_configs
 from agents.sac import SACConfig, make_sac
-from experiments.plots import figure, plot_curves, plot_pr, segment_strip, write_gif
+from experiments.plots import (
+    figure,
+    mark_boundaries,
+    plot_curves,
+    plot_pr,
+    segment_strip,
+    write_gif,
+)
 from experiments.runner import RunFolder, fmt_ci, iqm_ci
 from experiments.study import (
     Study,
@@ -368,12 +375,7 @@ def _plots(study: Study, r: dict, example: Any = None) -> None:
         top.legend(loc="upper right", fontsize=7, ncol=5)
         bottom.plot(steps, nll, lw=1, label="NLL (memory reset at detected boundaries)")
         bottom.plot(steps, nll_revealed, lw=1, color="gray", alpha=0.7, label="NLL, revealed")
-        for i, b in enumerate(np.flatnonzero(true)[1:]):
-            bottom.axvline(b, color="g", alpha=0.6, label="true switch" if i == 0 else None)
-        for i, b in enumerate(np.flatnonzero(detected)[1:]):
-            bottom.axvline(b, color="r", ls="--", alpha=0.8, label="detected" if i == 0 else None)
-        bottom.set(xlabel="step", ylabel="nats")
-        bottom.legend(loc="upper right", fontsize=7)
+        mark_boundaries(bottom, true, detected, fontsize=7)
 
 
 def paper() -> Args:
