@@ -242,9 +242,9 @@ def run_loop(
             for i in range(n)
         ]
         folder.append_metrics(lines)
-        ckpt.save(done + n, {"state": state})
         if on_chunk is not None:
             on_chunk(done, n, metrics)
+        ckpt.save(done + n, {"state": state})
         done += n
     return state, folder.read_metrics(index=index)
 
@@ -351,6 +351,8 @@ def run_chunked(
     ``bar``: a progress bar to advance (several runs under one bar) instead of a new one.
 
     Returns (final batched state, metrics {name: [num_seeds, num_updates, ...]}, timing).
+    ``timing["train_s"]``: compile and run seconds over every process that trained in
+    ``folder`` (a resumed run counts the earlier ones; kept in ``train_time.json``).
     The metrics lines count ``agent.step_unit`` (``env_steps`` or ``gradient_steps``) per seed.
 
     Divergence (a ``*loss*`` metric non-finite or past ``loss_limit`` in size, or non-finite
@@ -372,6 +374,9 @@ def run_chunked(
     per_update = agent.steps_per_update
     compiled: dict[int, Any] = {}
     timing = {"compile_s": 0.0, "run_s": 0.0}
+    time_file = folder.path / "train_time.json"
+    earlier = json.loads(time_file.read_text())["train_s"] if time_file.exists() else 0.0
+    train_s = lambda: earlier + timing["compile_s"] + timing["run_s"]
     stored = folder.read_metrics()  # a resumed run's diverged seeds stay excluded
     diverged = np.asarray(stored[-1].get("diverged", 0) if stored else 0) > 0
     diverged = np.broadcast_to(diverged, (num_seeds,)).copy()
@@ -423,6 +428,8 @@ def run_chunked(
         last["steps"] += num_seeds * n * per_update
         rate = last["steps"] / max(timing["run_s"], 1e-9)
         bar.set_postfix(steps_per_s=f"{rate:,.0f}", ret=f"{last['return']:.2f}")
+        if jax.process_index() == 0:
+            write_atomic(time_file, json.dumps({"train_s": train_s()}))
 
     limit = None if exclude_diverged else loss_limit  # step checks its own when excluding
     state, lines = run_loop(
@@ -440,6 +447,7 @@ def run_chunked(
     timing |= {  # steps_per_s: over all seeds, this call's chunks only (NaN if none ran)
         "diverged_seeds": np.flatnonzero(diverged).tolist(),
         "wall_s": time.perf_counter() - t0,
+        "train_s": train_s(),
         "steps_per_s": last["steps"] / timing["run_s"] if timing["run_s"] else float("nan"),
     }
     return state, metrics, timing

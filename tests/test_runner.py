@@ -47,7 +47,8 @@ def test_resume_after_stop_matches_uninterrupted(tmp_path, monkeypatch):
         _run(tmp_path / "b")
     monkeypatch.setattr(Checkpointer, "save", original)
     assert Checkpointer(tmp_path / "b" / "checkpoints", {"cfg": "tiny"}).latest_step() == 2
-    resumed, resumed_metrics, _ = _run(tmp_path / "b")
+    resumed, resumed_metrics, timing = _run(tmp_path / "b")
+    assert timing["train_s"] > timing["compile_s"] + timing["run_s"]  # the first process counts
 
     for x, y in zip(
         jax.tree.leaves(full.train_state.params), jax.tree.leaves(resumed.train_state.params)
