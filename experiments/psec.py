@@ -11,11 +11,12 @@ x1.5), the target on both at once, a shift no skill saw.
 
 Every arm is scored on the target: training from scratch on the target episodes, full
 fine-tuning of the base on them, a LoRA skill on them (no composition), each skill alone, and
-the skills composed on them by PSEC (context-aware alpha(s)), fixed weights in parameter space,
-noise space (NSEC) and action space (ASEC); MLP-PSEC (the same library and context-aware
-composition on a Gaussian policy of the same network instead of diffusion); and PSEC with
-skills of each rank in ``--ranks``. Each stage runs all seeds in one vmapped program; seeds
-share the data.
+the skills composed on them by PSEC (context-aware alpha(s), from the uniform mix; and
+anchored at the skill that best fits the target's data, ``skills.compose``), fixed weights in
+parameter space, noise space (NSEC) and action space (ASEC); MLP-PSEC (the same library and
+context-aware composition on a Gaussian policy of the same network instead of diffusion); and
+PSEC with skills of each rank in ``--ranks``. Each stage runs all seeds in one vmapped
+program; seeds share the data.
 
     python -m experiments.psec                      # CPU scale, see the README for the time
     python -m experiments.psec --shift dynamics --ranks
@@ -56,6 +57,7 @@ SHIFTS: dict[str, dict[str, dict[str, float]]] = {
     },
 }
 MIXES = {"PSEC": "context", "PSEC, fixed weights": "param", "NSEC": "noise", "ASEC": "action"}
+ANCHORED = "PSEC, anchored at the best skill"  # alpha starts one-hot, its mean held there
 
 
 @dataclasses.dataclass
@@ -134,14 +136,17 @@ def main(args: Args) -> dict:
         adapters = {n: jax.tree.map(lambda x: x[:, 0], a) for n, (a, _) in trained.items()}
         return adapters, {n: final(m) for n, (_, m) in trained.items()}
 
-    def compose(spec: dict, bases: Any, adapters: dict, mix: str, name: str) -> np.ndarray:
+    def compose(
+        spec: dict, bases: Any, adapters: dict, mix: str, name: str, config: Any = None
+    ) -> np.ndarray:
         """Each seed's skills composed by ``mix`` on the target: the final returns [S]."""
 
         def one(base, skill_adapters, key):
             library = SkillLibrary(spec, base, skill_adapters, {n: {} for n in skill_names})
             agent = make_composition(
-                args.compose, library, skill_names, data[target_name], env, task(target_name), mix
-            )
+                config or args.compose, library, skill_names, data[target_name], env,
+                task(target_name), mix,
+            )  # fmt: skip
             return agent.train(key)[1]
 
         keys = study.seed_keys("compose", name)
@@ -185,6 +190,8 @@ def main(args: Args) -> dict:
     scores = {f"base on {first}": base_score}
     scores |= {f"{n} skill on {n}": s for n, s in skill_scores.items()}
     target = {name: compose(spec, bases, adapters, mix, name) for name, mix in MIXES.items()}
+    anchored = args.compose.replace(start="best", anchor=1.0)  # the reference's regulariser
+    target[ANCHORED] = compose(spec, bases, adapters, "context", "PSEC-anchored", anchored)
     target |= alone(spec, bases, adapters)
     config = args.skill.replace(rank=0)
     scratch = make_diffusion_bc(config, data[target_name], env, task(target_name))

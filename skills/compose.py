@@ -16,9 +16,14 @@
 
 The first three train on the model's loss (diffusion, or the Gaussian's likelihood) of the
 demonstrations through the composed model, the last on the squared error of the mixed action;
-the base and every skill stay frozen. The
-reference adds a regulariser hard-wired to two skills (mean alpha towards fixed targets); it is
-left out, and the uniform start plays its role for any number of skills.
+the base and every skill stay frozen.
+
+Where the weights start (``start``): the uniform mix 1 / K, or ``"best"``, one-hot on the skill
+whose own model loss on the demonstrations is lowest (the same 4,096 demonstration samples and
+noise for every skill). ``anchor`` > 0 adds ``anchor * scale^2 * ||mean_s alpha(s) - start||^2``
+(for fixed weights: the weights themselves): the reference's regulariser, which pulls the mean
+alpha of its two skills to (scale, 0) in its units (anchor 1 is its strength), generalised to
+any number of skills and any start.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from agents import offline
+from agents import lora, offline
 from agents.core import Agent
 from agents.diffusion_policy import (
     MIXES,
@@ -46,7 +51,9 @@ from agents.hparams import require, require_fields, static, sweepable
 from agents.replay import Transition
 from skills.library import SkillLibrary
 
-__all__ = ["ComposeConfig", "make_composition"]
+__all__ = ["STARTS", "ComposeConfig", "make_composition", "skill_losses"]
+
+STARTS = ("uniform", "best")
 
 
 @struct.dataclass
@@ -58,6 +65,8 @@ class ComposeConfig:
     eval_episodes: int = static(5)
     batch_size: int = static(512)
     lr: float = sweepable(1e-3)
+    start: str = static("uniform")  # "uniform" (1 / K each) or "best" (one-hot on a skill)
+    anchor: float = sweepable(0.0)  # weight of the pull of the mean weights to the start
 
     @property
     def num_updates(self) -> int:
@@ -70,7 +79,8 @@ class ComposeConfig:
             self.total_steps % self.eval_every == 0,
             f"ComposeConfig.total_steps={self.total_steps} must be a multiple of eval_every",
         )
-        require_fields(self, {"lr": (lambda v: v > 0, "> 0")})
+        require(self.start in STARTS, f"ComposeConfig.start={self.start!r} must be one of {STARTS}")
+        require_fields(self, {"lr": (lambda v: v > 0, "> 0"), "anchor": (lambda v: v >= 0, ">= 0")})
 
 
 def make_composition(
@@ -103,20 +113,29 @@ def make_composition(
         **({"alpha": trained} if mix == "context" else {"weights": trained}),
     }
 
+    if config.start == "best":  # [K]
+        start = jax.nn.one_hot(jnp.argmin(skill_losses(model, frozen, dataset, spec)), num_skills)
+    else:
+        start = jnp.full((num_skills,), 1.0 / num_skills)
+
     def init(key: jax.Array) -> DiffusionBCState:
         key, k_init = jax.random.split(key)
-        if mix == "context":
+        if mix == "context":  # the output layer starts at ``start`` in every state
             trained = alpha.init(k_init, dataset.obs[:1])
+            trained["params"]["Dense_0"]["bias"] = start
         else:
-            trained = jnp.full((num_skills,), 1.0 / num_skills)
+            trained = start
         return DiffusionBCState(trained, tx.init(trained), trained, key, jnp.int32(0))
 
     def loss(trained, obs, action, key):
         params = full(trained)
+        weights = alpha.apply(trained, obs).mean(0) if mix == "context" else trained  # [K]
+        pull = config.anchor * spec["scale"] ** 2 * jnp.sum(jnp.square(weights - start))
         if mix != "action":
-            return model.loss(net_fn(model.net, params, obs, mix, spec["scale"]), action, key)
+            apply = net_fn(model.net, params, obs, mix, spec["scale"])
+            return model.loss(apply, action, key) + pull
         mixed = sample_actions(model, params, obs, key, mix, spec["scale"])  # skills frozen
-        return jnp.mean(jnp.square(mixed - action))
+        return jnp.mean(jnp.square(mixed - action)) + pull
 
     def learn(state: DiffusionBCState) -> tuple[DiffusionBCState, dict]:
         key, k_idx, k_loss = jax.random.split(state.key, 3)
@@ -131,3 +150,17 @@ def make_composition(
     return offline.make_agent(
         config, policy, init, learn, lambda state: full(state.params), env, env_params, ref_scores
     )
+
+
+def skill_losses(
+    model: Any, params: dict[str, Any], dataset: Transition, spec: dict, samples: int = 4096
+) -> jax.Array:
+    """[K]: each skill's own model loss (diffusion, or the Gaussian's NLL) on ``samples``
+    transitions of ``dataset`` (normalised units), the same samples and noise for every skill."""
+    k_idx, k_loss = jax.random.split(jax.random.key(0))
+    idx = jax.random.randint(k_idx, (samples,), 0, dataset.reward.shape[0])
+    obs, action = dataset.obs[idx], dataset.action[idx]
+    one = lambda k: model.loss(
+        net_fn(model.net, params, obs, "param", spec["scale"], skill=k), action, k_loss
+    )
+    return jax.lax.map(one, jnp.arange(lora.num_adapters(params["adapters"])))

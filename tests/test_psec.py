@@ -155,6 +155,39 @@ def test_context_aware_composition_beats_every_fixed_weight(library):
     assert context < 0.5 * fixed, (context, fixed)
 
 
+@ONE_LIBRARY
+def test_best_start_is_the_skill_that_fits_the_demonstrations(library):
+    """start="best": every mix starts as the skill whose loss on the demonstrations is lowest
+    (here "down": the demonstrations are its torques); the anchor keeps the mean weights there."""
+    env, params = PENDULUM
+    demos = dataset(jax.random.key(30), lambda o: jnp.full((o.shape[0], 1), -1.5), n=512)
+    obs, key = (
+        jax.random.uniform(jax.random.key(31), (64, 3), minval=-1, maxval=1),
+        jax.random.key(32),
+    )
+    down = act(*library.policy(["down"]), obs, key)
+    config = ComposeConfig(total_steps=50, eval_every=50, eval_episodes=0, batch_size=64)
+    for mix in ("context", "param", "noise", "action"):
+        best = config.replace(start="best", anchor=1.0)
+        agent = make_composition(best, library, ["up", "down"], demos, env, params, mix)
+        state = agent.init(jax.random.key(33))
+        composed = act(agent.policy, agent.policy_params(state), obs, key)
+        np.testing.assert_allclose(composed, down, atol=1e-5, err_msg=mix)
+    up_demos = dataset(jax.random.key(35), lambda o: jnp.full((o.shape[0], 1), 1.5), n=512)
+    fast = config.replace(total_steps=100, eval_every=100, lr=0.03)
+    weights = lambda anchor: (
+        jax.jit(
+            make_composition(
+                fast.replace(anchor=anchor), library, ["up", "down"], up_demos, env, params, "param"
+            ).train
+        )(jax.random.key(34))[0].params
+    )
+    free, held = weights(0.0), weights(1.0)  # from the uniform start (0.5, 0.5)
+    assert free[0] > 0.8 and abs(held[0] - 0.5) < 0.05, (free, held)
+    with pytest.raises(ValueError, match="start='worst' must be one of"):
+        make_composition(config.replace(start="worst"), library, ["up"], demos, env, params)
+
+
 @pytest.mark.slow  # 75 s; the PSEC study smoke test runs the Gaussian model end to end
 def test_gaussian_base_skills_and_composition():
     """PSEC's MLP ablation: the same library, skills and composition on a Gaussian model."""

@@ -422,6 +422,7 @@ def test_psec(tmp_path):
     argv += ["--ranks", "2"]
     results = run_study("psec", tmp_path / "study", *argv)
     arms = {"PSEC", "NSEC", "ASEC", "MLP-PSEC", "scratch", "full fine-tuning", "jump skill alone"}
+    arms.add("PSEC, anchored at the best skill")
     assert arms <= set(results["target"])
     for name in ("forward", "backward"):
         assert (tmp_path / "experts" / name / "policy" / "policy.json").exists()
