@@ -91,7 +91,7 @@ class Args(StudyArgs):
 
 def main(args: Args) -> dict:
     behaviours = SHIFTS[args.shift]
-    study = Study("psec", args, behaviours=behaviours)
+    study = Study("psec", args, selects=("ranks",), behaviours=behaviours)
     if (done := study.finished()) is not None:
         return done
     env, default = envs.make(ENV, max_steps_in_episode=args.episode_steps)

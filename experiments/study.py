@@ -223,12 +223,15 @@ def named_key(seed: int, *names: str | int) -> jax.Array:
 class Study:
     """A study's run folder: its config, named keys, sub-run folders and final results."""
 
-    def __init__(self, name: str, args: Any, **extra: Any):
+    def __init__(self, name: str, args: Any, selects: tuple[str, ...] = (), **extra: Any):
+        """``selects``: arguments that only choose which stages run (a list of ranks or arms),
+        left out of the stages' config, so a run with more of them reuses every stage done."""
         self.name, self.args = name, args
         self.path = Path(args.out)
         self.path.mkdir(parents=True, exist_ok=True)
         lock_folder(self.path, self)
         self.config = {"experiment": name, **config_dict(args, drop=RUN_ONLY), **extra}
+        self.stage_config = {k: v for k, v in self.config.items() if k not in selects}
         if not (self.path / "config.json").exists():  # a refused resume leaves the old one
             self._write_config()
         self._loggers = contextlib.ExitStack()  # --log: TensorBoard / W&B until finish()
@@ -270,10 +273,11 @@ class Study:
     def stage(self, name: tuple[str | int, ...], fn: Callable[..., Any], *xs: Any,
               what: str = "training") -> Any:  # fmt: skip
         """``seedwise(fn, *xs, what=what)``, kept in ``out/stages/<name>`` (orbax, with this
-        study's config): a study stopped after this stage loads its output instead of running
-        it again; one whose config changed is refused by name (``CheckpointError``)."""
+        study's config less ``selects``): a study stopped after this stage loads its output
+        instead of running it again; one whose config changed is refused by name
+        (``CheckpointError``)."""
         slug = re.sub(r"[^\w.-]+", "-", "-".join(map(str, name))).strip("-")
-        ckpt = Checkpointer(self.path / "stages" / slug, self.config, max_to_keep=1)
+        ckpt = Checkpointer(self.path / "stages" / slug, self.stage_config, max_to_keep=1)
         if ckpt.latest_step() is not None:  # a dict: orbax stores no bare array
             return ckpt.restore({"out": jax.eval_shape(jax.vmap(fn), *xs)})["out"]
         out = seedwise(fn, *xs, what=what)

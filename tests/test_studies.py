@@ -559,3 +559,11 @@ def test_a_stopped_study_loads_its_finished_stages(tmp_path):
     with pytest.raises(CheckpointError, match="seeds"):
         Study("s", dataclasses.replace(args, seeds=3)).stage(("train", 1), train,
                                                              study.seed_keys("train"))  # fmt: skip
+    # an argument in ``selects`` (as if it only chose which stages run) is no part of a stage's
+    # config: a run with another value of it loads the stages done
+    picked = lambda seed: Study(
+        "s", dataclasses.replace(args, out=str(tmp_path / "picked"), seed=seed), selects=("seed",)
+    )
+    done = picked(0).stage(("train", 1), train, study.seed_keys("train"))
+    again = picked(1).stage(("train", 1), train, study.seed_keys("other"))
+    np.testing.assert_array_equal(again[0]["w"], done[0]["w"])
