@@ -58,6 +58,9 @@ SHIFTS: dict[str, dict[str, dict[str, float]]] = {
 }
 MIXES = {"PSEC": "context", "PSEC, fixed weights": "param", "NSEC": "noise", "ASEC": "action"}
 ANCHORED = "PSEC, anchored at the best skill"  # alpha starts one-hot, its mean held there
+ALONE, LORA = "skills alone", "LoRA on the target (no composition)"
+#: every arm but the rank ablation (``--ranks``); the base and the skills always train
+ARMS = (*MIXES, ANCHORED, ALONE, "scratch", "full fine-tuning", LORA, "MLP-PSEC")
 
 
 @dataclasses.dataclass
@@ -87,11 +90,15 @@ class Args(StudyArgs):
         default_factory=lambda: ComposeConfig(total_steps=1_000, eval_every=1_000, eval_episodes=3)
     )
     ranks: tuple[int, ...] = (4, 8, 16, 32)  # PSEC's rank ablation (skills retrained per rank)
+    arms: tuple[str, ...] = ARMS  # the arms to run (a later run with more reuses those done)
 
 
 def main(args: Args) -> dict:
+    unknown = set(args.arms) - set(ARMS)
+    if unknown:
+        raise ValueError(f"unknown arm(s) {sorted(unknown)}; choose from {list(ARMS)}")
     behaviours = SHIFTS[args.shift]
-    study = Study("psec", args, selects=("ranks",), behaviours=behaviours)
+    study = Study("psec", args, selects=("ranks", "arms"), behaviours=behaviours)
     if (done := study.finished()) is not None:
         return done
     env, default = envs.make(ENV, max_steps_in_episode=args.episode_steps)
@@ -189,21 +196,26 @@ def main(args: Args) -> dict:
     adapters, skill_scores = skills(spec, bases, args.skill.rank)
     scores = {f"base on {first}": base_score}
     scores |= {f"{n} skill on {n}": s for n, s in skill_scores.items()}
-    target = {name: compose(spec, bases, adapters, mix, name) for name, mix in MIXES.items()}
-    anchored = args.compose.replace(start="best", anchor=1.0)  # the reference's regulariser
-    target[ANCHORED] = compose(spec, bases, adapters, "context", "PSEC-anchored", anchored)
-    target |= alone(spec, bases, adapters)
-    config = args.skill.replace(rank=0)
-    scratch = make_diffusion_bc(config, data[target_name], env, task(target_name))
-    keys = study.seed_keys("scratch")
-    target["scratch"] = final(study.stage(("scratch",), scratch.train, keys, what="scratch")[1])
-    target["full fine-tuning"] = tuned(spec, bases, 0, "fine-tune")
-    target["LoRA on the target (no composition)"] = tuned(
-        spec, bases, args.skill.rank, "lora-target"
-    )
-    mlp_spec, mlp_bases, scores[f"MLP base on {first}"] = base("gaussian")
-    mlp_adapters, _ = skills(mlp_spec, mlp_bases, args.skill.rank)
-    target["MLP-PSEC"] = compose(mlp_spec, mlp_bases, mlp_adapters, "context", "MLP-PSEC")
+    arms = set(args.arms)
+    target = {n: compose(spec, bases, adapters, mix, n) for n, mix in MIXES.items() if n in arms}
+    if ANCHORED in arms:
+        anchored = args.compose.replace(start="best", anchor=1.0)  # the reference's regulariser
+        target[ANCHORED] = compose(spec, bases, adapters, "context", "PSEC-anchored", anchored)
+    if ALONE in arms:
+        target |= alone(spec, bases, adapters)
+    if "scratch" in arms:
+        config = args.skill.replace(rank=0)
+        scratch = make_diffusion_bc(config, data[target_name], env, task(target_name))
+        keys = study.seed_keys("scratch")
+        target["scratch"] = final(study.stage(("scratch",), scratch.train, keys, what="scratch")[1])
+    if "full fine-tuning" in arms:
+        target["full fine-tuning"] = tuned(spec, bases, 0, "fine-tune")
+    if LORA in arms:
+        target[LORA] = tuned(spec, bases, args.skill.rank, "lora-target")
+    if "MLP-PSEC" in arms:
+        mlp_spec, mlp_bases, scores[f"MLP base on {first}"] = base("gaussian")
+        mlp_adapters, _ = skills(mlp_spec, mlp_bases, args.skill.rank)
+        target["MLP-PSEC"] = compose(mlp_spec, mlp_bases, mlp_adapters, "context", "MLP-PSEC")
     for rank in args.ranks:
         if rank != args.skill.rank:
             ranked = skills(spec, bases, rank)[0]

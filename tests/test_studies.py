@@ -429,6 +429,14 @@ def test_psec(tmp_path):
     assert (tmp_path / "study" / "target_returns.png").exists()
 
 
+def test_psec_refuses_an_unknown_arm(tmp_path):
+    from experiments.psec import Args, main
+
+    with pytest.raises(ValueError, match=r"unknown arm\(s\) \['PSCE'\]; choose from"):
+        main(Args(out=str(tmp_path), arms=("PSEC", "PSCE")))
+    assert not any(tmp_path.iterdir())  # refused before the run folder was made
+
+
 def test_psec_dynamics_shift_tasks_are_valid_env_params():
     """``--shift dynamics`` runs the same main as the policy shift above; its tasks must be
     valid HalfCheetah params, distinct, with a target no skill saw."""
