@@ -231,8 +231,9 @@ def net_fn(
     if "adapters" not in params:
         return lambda *inputs: net.apply(params["net"], *inputs, obs, train, **rngs)
     adapters, num_skills = params["adapters"], lora.num_adapters(params["adapters"])
-    if skill is not None:
-        weights = jax.nn.one_hot(skill, num_skills)
+    if skill is not None:  # that adapter alone: K skills mixed cost K passes, not K^2 deltas
+        adapters = jax.tree.map(lambda a: a[skill][None], adapters)
+        weights = jnp.ones((1,))
     elif mix == "context":
         weights = ContextAlpha(num_skills).apply(params["alpha"], obs)  # [B, K]
     else:
