@@ -37,7 +37,7 @@ from agents.sac import SACConfig
 from experiments.plots import plot_intervals
 from experiments.runner import fmt_ci, iqm_ci
 from experiments.study import Study, StudyArgs, cli, demonstrations, sac_experts
-from skills.compose import ComposeConfig, make_composition
+from skills.compose import ComposeConfig, fit_losses, make_composition
 from skills.library import SkillLibrary, composing_policy, skill_agent
 
 ENV = "HalfCheetah"
@@ -201,6 +201,12 @@ def main(args: Args) -> dict:
     if ANCHORED in arms:
         anchored = args.compose.replace(start="best", anchor=1.0)  # the reference's regulariser
         target[ANCHORED] = compose(spec, bases, adapters, "context", "PSEC-anchored", anchored)
+        fit = lambda base, skill_adapters: fit_losses(
+            SkillLibrary(spec, base, skill_adapters, {n: {} for n in skill_names}),
+            skill_names, data[target_name], env, task(target_name),
+        )  # fmt: skip
+        picked = np.asarray(jax.jit(jax.vmap(fit))(bases, adapters)).argmin(-1)  # [S]
+        starts = {n: int(np.sum(picked == i)) for i, n in enumerate(skill_names)}
     if ALONE in arms:
         target |= alone(spec, bases, adapters)
     if "scratch" in arms:
@@ -223,6 +229,7 @@ def main(args: Args) -> dict:
     target_expert = float(np.mean(data[target_name].reward) * args.episode_steps)
     results = {
         "shift": args.shift,
+        **({"anchored_starts": starts} if ANCHORED in arms else {}),
         "episodes": episodes,
         "target_expert_return": target_expert,
         "library": {k: iqm_ci(v) for k, v in scores.items()},
@@ -245,6 +252,9 @@ def _summary(args: Args, r: dict) -> str:
         "\n| arm | return on the target |\n|---|---|",
         *(f"| {k} | {fmt_ci(v)} |" for k, v in r["target"].items()),
     ]
+    if "anchored_starts" in r:  # seeds whose anchored alpha started at each skill
+        counts = ", ".join(f"{k} in {v}" for k, v in r["anchored_starts"].items())
+        lines.append(f"\nThe anchored composition started at the best-fitting skill: {counts}.")
     return "\n".join(lines) + "\n"
 
 

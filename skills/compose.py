@@ -51,7 +51,7 @@ from agents.hparams import require, require_fields, static, sweepable
 from agents.replay import Transition
 from skills.library import SkillLibrary
 
-__all__ = ["STARTS", "ComposeConfig", "make_composition", "skill_losses"]
+__all__ = ["STARTS", "ComposeConfig", "fit_losses", "make_composition"]
 
 STARTS = ("uniform", "best")
 
@@ -114,7 +114,7 @@ def make_composition(
     }
 
     if config.start == "best":  # [K]
-        start = jax.nn.one_hot(jnp.argmin(skill_losses(model, frozen, dataset, spec)), num_skills)
+        start = jax.nn.one_hot(jnp.argmin(_losses(model, frozen, dataset, spec)), num_skills)
     else:
         start = jnp.full((num_skills,), 1.0 / num_skills)
 
@@ -152,13 +152,25 @@ def make_composition(
     )
 
 
-def skill_losses(
-    model: Any, params: dict[str, Any], dataset: Transition, spec: dict, samples: int = 4096
+def fit_losses(
+    library: SkillLibrary, names: Sequence[str], transitions: Transition, env: Any, env_params: Any
 ) -> jax.Array:
-    """[K]: each skill's own model loss (diffusion, or the Gaussian's NLL) on ``samples``
-    transitions of ``dataset`` (normalised units), the same samples and noise for every skill."""
+    """[K]: how well each skill of ``names`` alone fits ``transitions`` [N] (its own model loss;
+    the lowest is where ``start="best"`` starts)."""
+    _, frozen = library.policy(names, "param", jnp.ones(len(names)) / len(names))
+    dataset = prepare_in_units(transitions, env, env_params, library.units).transitions
+    spec = library.spec
+    model = make_model(
+        spec.get("model", "diffusion"), dataset.action.shape[1], spec["net"], spec["num_steps"]
+    )
+    return _losses(model, frozen, dataset, spec)
+
+
+def _losses(model: Any, params: dict[str, Any], dataset: Transition, spec: dict) -> jax.Array:
+    """[K]: each skill's model loss on 4,096 transitions of ``dataset`` (normalised units), the
+    same samples and noise for every skill."""
     k_idx, k_loss = jax.random.split(jax.random.key(0))
-    idx = jax.random.randint(k_idx, (samples,), 0, dataset.reward.shape[0])
+    idx = jax.random.randint(k_idx, (4096,), 0, dataset.reward.shape[0])
     obs, action = dataset.obs[idx], dataset.action[idx]
     one = lambda k: model.loss(
         net_fn(model.net, params, obs, "param", spec["scale"], skill=k), action, k_loss

@@ -424,6 +424,7 @@ def test_psec(tmp_path):
     arms = {"PSEC", "NSEC", "ASEC", "MLP-PSEC", "scratch", "full fine-tuning", "jump skill alone"}
     arms.add("PSEC, anchored at the best skill")
     assert arms <= set(results["target"])
+    assert sum(results["anchored_starts"].values()) == 2  # seeds, each started at one skill
     for name in ("forward", "backward"):
         assert (tmp_path / "experts" / name / "policy" / "policy.json").exists()
     assert (tmp_path / "study" / "target_returns.png").exists()
