@@ -143,16 +143,19 @@ def main(args: Args) -> dict:
         adapters = {n: jax.tree.map(lambda x: x[:, 0], a) for n, (a, _) in trained.items()}
         return adapters, {n: final(m) for n, (_, m) in trained.items()}
 
+    def library(spec: dict, base: Any, skill_adapters: dict) -> SkillLibrary:
+        """One seed's library: its base and its skills' adapters."""
+        return SkillLibrary(spec, base, skill_adapters, {n: {} for n in skill_names})
+
     def compose(
         spec: dict, bases: Any, adapters: dict, mix: str, name: str, config: Any = None
     ) -> np.ndarray:
         """Each seed's skills composed by ``mix`` on the target: the final returns [S]."""
 
         def one(base, skill_adapters, key):
-            library = SkillLibrary(spec, base, skill_adapters, {n: {} for n in skill_names})
             agent = make_composition(
-                config or args.compose, library, skill_names, data[target_name], env,
-                task(target_name), mix,
+                config or args.compose, library(spec, base, skill_adapters), skill_names,
+                data[target_name], env, task(target_name), mix,
             )  # fmt: skip
             return agent.train(key)[1]
 
@@ -202,8 +205,8 @@ def main(args: Args) -> dict:
         anchored = args.compose.replace(start="best", anchor=1.0)  # the reference's regulariser
         target[ANCHORED] = compose(spec, bases, adapters, "context", "PSEC-anchored", anchored)
         fit = lambda base, skill_adapters: fit_losses(
-            SkillLibrary(spec, base, skill_adapters, {n: {} for n in skill_names}),
-            skill_names, data[target_name], env, task(target_name),
+            library(spec, base, skill_adapters), skill_names, data[target_name], env,
+            task(target_name),
         )  # fmt: skip
         picked = np.asarray(jax.jit(jax.vmap(fit))(bases, adapters)).argmin(-1)  # [S]
         starts = {n: int(np.sum(picked == i)) for i, n in enumerate(skill_names)}

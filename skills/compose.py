@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from agents import lora, offline
+from agents import offline
 from agents.core import Agent
 from agents.diffusion_policy import (
     MIXES,
@@ -66,7 +66,7 @@ class ComposeConfig:
     batch_size: int = static(512)
     lr: float = sweepable(1e-3)
     start: str = static("uniform")  # "uniform" (1 / K each) or "best" (one-hot on a skill)
-    anchor: float = sweepable(0.0)  # weight of the pull of the mean weights to the start
+    anchor: float = static(0.0)  # weight of the pull of the mean weights to the start
 
     @property
     def num_updates(self) -> int:
@@ -114,7 +114,8 @@ def make_composition(
     }
 
     if config.start == "best":  # [K]
-        start = jax.nn.one_hot(jnp.argmin(_losses(model, frozen, dataset, spec)), num_skills)
+        fits = fit_losses(library, names, transitions, env, env_params)
+        start = jax.nn.one_hot(jnp.argmin(fits), num_skills)
     else:
         start = jnp.full((num_skills,), 1.0 / num_skills)
 
@@ -129,8 +130,10 @@ def make_composition(
 
     def loss(trained, obs, action, key):
         params = full(trained)
-        weights = alpha.apply(trained, obs).mean(0) if mix == "context" else trained  # [K]
-        pull = config.anchor * spec["scale"] ** 2 * jnp.sum(jnp.square(weights - start))
+        pull = 0.0
+        if config.anchor:  # static: no second alpha pass without the anchor
+            weights = alpha.apply(trained, obs).mean(0) if mix == "context" else trained  # [K]
+            pull = config.anchor * spec["scale"] ** 2 * jnp.sum(jnp.square(weights - start))
         if mix != "action":
             apply = net_fn(model.net, params, obs, mix, spec["scale"])
             return model.loss(apply, action, key) + pull
@@ -155,24 +158,18 @@ def make_composition(
 def fit_losses(
     library: SkillLibrary, names: Sequence[str], transitions: Transition, env: Any, env_params: Any
 ) -> jax.Array:
-    """[K]: how well each skill of ``names`` alone fits ``transitions`` [N] (its own model loss;
-    the lowest is where ``start="best"`` starts)."""
+    """[K]: how well each skill of ``names`` alone fits ``transitions`` [N]: its own model loss
+    on 4,096 of them (the lowest is where ``start="best"`` starts)."""
     _, frozen = library.policy(names, "param", jnp.ones(len(names)) / len(names))
     dataset = prepare_in_units(transitions, env, env_params, library.units).transitions
     spec = library.spec
     model = make_model(
         spec.get("model", "diffusion"), dataset.action.shape[1], spec["net"], spec["num_steps"]
     )
-    return _losses(model, frozen, dataset, spec)
-
-
-def _losses(model: Any, params: dict[str, Any], dataset: Transition, spec: dict) -> jax.Array:
-    """[K]: each skill's model loss on 4,096 transitions of ``dataset`` (normalised units), the
-    same samples and noise for every skill."""
-    k_idx, k_loss = jax.random.split(jax.random.key(0))
+    k_idx, k_loss = jax.random.split(jax.random.key(0))  # the same samples and noise for all
     idx = jax.random.randint(k_idx, (4096,), 0, dataset.reward.shape[0])
     obs, action = dataset.obs[idx], dataset.action[idx]
     one = lambda k: model.loss(
-        net_fn(model.net, params, obs, "param", spec["scale"], skill=k), action, k_loss
+        net_fn(model.net, frozen, obs, "param", spec["scale"], skill=k), action, k_loss
     )
-    return jax.lax.map(one, jnp.arange(lora.num_adapters(params["adapters"])))
+    return jax.lax.map(one, jnp.arange(len(names)))
