@@ -13,7 +13,7 @@ confidence intervals, as ``experiments.runner.iqm_ci`` reports them in tables.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "figure",
     "iqm_curves",
     "plot_curves",
+    "plot_detection",
     "plot_intervals",
     "plot_pr",
     "plot_profiles",
@@ -173,6 +174,41 @@ def plot_pr(ax: Any, curves: Mapping[str, tuple[Mapping[str, Any], str]], xlabel
     for name, (c, style) in curves.items():
         ax.plot(per_point(c["recall"]), per_point(c["precision"]), style, label=name)
     ax.set(xlabel=xlabel, ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
+
+
+def plot_detection(
+    path: str | Path,
+    scores: Mapping[str, Mapping[str, Any]],
+    arms: Mapping[str, tuple[str, str]],
+    gaps: Sequence[float],
+    points: Mapping[str, tuple[Mapping[str, Any], str]] | None = None,
+) -> None:
+    """``pr_curve.png`` and ``f1_vs_gap.png`` in folder ``path`` from ``skills.sbd.
+    detection_scores`` per tolerance ({tolerance: scores}, per-seed sweeps [S, G]): one PR
+    panel per tolerance with each SBD arm's gap sweep ({arm: (label, line style)}) beside the
+    fixed-length and random sweeps (and ``points``: {label: (IQM CIs of precision and recall,
+    marker)} on the first panel), and each arm's F1 over the gap beside the baselines' best."""
+    path, tols = Path(path), list(scores)
+    seeds = len(scores[tols[0]]["pr"][next(iter(arms))]["f1"])
+    with figure(path / "pr_curve.png", ncols=len(tols), size=(5.5, 4.5)) as axes:
+        for ax, tol in zip(np.ravel([axes]), tols):
+            s = scores[tol]
+            curves = {f"{label} (gap sweep)": (s["pr"][a], st) for a, (label, st) in arms.items()}
+            curves["fixed length (length sweep)"] = (s["fixed_pr"], "^:")
+            curves["random (rate sweep)"] = (s["random_pr"], "x:")
+            plot_pr(ax, curves, f"recall (+-{tol} steps)")
+            for label, (ci, marker) in (points or {}).items() if tol == tols[0] else ():
+                ax.plot([ci["recall"][0]], [ci["precision"][0]], marker, ms=10, label=label)
+            ax.set_title(f"+-{tol} steps, IQM over {seeds} seeds")
+            ax.legend(fontsize=8)
+    name = lambda label, tol: label if len(tols) == 1 else f"{label}, +-{tol}"
+    f1 = {name(label, t): scores[t]["pr"][a]["f1"] for t in tols for a, (label, _) in arms.items()}
+    first = scores[tols[0]]
+    best = {
+        name("fixed length (best)", tols[0]): first["fixed_best_f1"],
+        name("random (best rate)", tols[0]): first["random_best_f1"],
+    }
+    plot_curves(path / "f1_vs_gap.png", gaps, f1, "gap (nats)", "F1", "F1 over the gap", best)
 
 
 def mark_boundaries(ax: Any, true: np.ndarray, detected: np.ndarray, fontsize: int = 8) -> None:

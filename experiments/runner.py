@@ -39,6 +39,7 @@ from experiments import loggers
 __all__ = [
     "DivergenceError",
     "FolderBusy",
+    "Laps",
     "RunFolder",
     "final_score",
     "fmt_ci",
@@ -51,6 +52,19 @@ __all__ = [
     "stored_results",
     "write_atomic",
 ]
+
+
+class Laps:
+    """Wall-clock seconds of consecutive stages: ``laps("demos_s")`` records, under that name in
+    ``laps.timing``, the time since the previous lap (the first: since ``start``, default now)."""
+
+    def __init__(self, start: float | None = None):
+        self.timing: dict[str, float] = {}
+        self._last = time.perf_counter() if start is None else start
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timing[stage], self._last = now - self._last, now
 
 
 def iqm(scores: np.ndarray) -> float:

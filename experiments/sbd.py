@@ -29,18 +29,19 @@ import envs
 from agents.hparams import stack_configs
 from agents.replay import Transition
 from envs.gridworlds.multi_skill import check_params, rollout_expert
-from experiments.plots import (
-    figure,
-    mark_boundaries,
-    plot_curves,
-    plot_pr,
-    segment_strip,
-    write_gif,
+from experiments.plots import figure, mark_boundaries, plot_detection, segment_strip, write_gif
+from experiments.runner import Laps, fmt_ci, iqm_ci
+from experiments.study import (
+    Study,
+    StudyArgs,
+    cli,
+    detection_table,
+    metric_lines,
+    parse_env_kwargs,
+    per_seed,
 )
-from experiments.runner import fmt_ci, iqm_ci
-from experiments.study import Study, StudyArgs, cli, metric_lines, parse_env_kwargs, per_seed
 from skills import sbd
-from skills.action_model import ActionModel, ActionModelConfig, episode_starts
+from skills.action_model import ActionModelConfig, episode_starts
 from skills.boundary import BoundaryConfig
 from skills.evaluate import goal_policy_scores, reach_events, tour
 from skills.policies import GoalPolicyConfig
@@ -50,7 +51,13 @@ from skills.segments import fixed_length_boundaries
 ENV_KWARGS = {"height": 33, "width": 33, "num_objects": 3, "min_skill_len": 12, "max_skill_len": 24}
 FLAT = "flat BC (the action model)"
 VARIANTS = ("SBD (loss + events)", "SBD (loss)", "fixed-length", "true segments", "unsegmented")
-ARMS = ("loss", "loss + events", "revealed")  # the swept segmentations
+#: the swept segmentations: arm -> label (and line style)
+ARM_LABELS = {
+    "loss": "SBD (loss)",
+    "loss + events": "SBD (loss + events)",
+    "revealed": "negative control: skill id revealed (loss)",
+}
+STYLES = ("o-", "d-", "s--")
 
 
 @dataclasses.dataclass
@@ -88,10 +95,7 @@ def main(args: Args) -> dict:
         return done
     env, hidden = envs.make("MultiSkill", **parse_env_kwargs(args.env_kwargs))
     space, steps, tol = env.action_space(hidden), int(hidden.max_steps_in_episode), args.tolerance
-    timing, clock = {}, [time.perf_counter()]
-
-    def lap(stage: str) -> None:
-        timing[stage], clock[0] = time.perf_counter() - clock[0], time.perf_counter()
+    lap = Laps()
 
     # 1. demonstrations (the revealed arm: the same rollouts, skill id in the observation)
     @jax.jit
@@ -107,13 +111,9 @@ def main(args: Args) -> dict:
     lap("demos_s")
 
     # 2. action models, hidden and revealed arms, all seeds in one program
-    model, keys = ActionModel.create(args.model, space), study.seed_keys("action_model")
-    trained = {
-        arm: sbd.train_action_models(args.model, space, Transition(o, *demos[1:6]), keys)
-        for arm, o in obs.items()
-    }
-    params = {arm: p for arm, (p, _) in trained.items()}
-    loss = {arm: np.asarray(v) for arm, (_, v) in trained.items()}  # [S, total_steps]
+    model, params, loss = sbd.action_models(
+        args.model, space, Transition(*demos[:6]), obs, study.seed_keys("action_model")
+    )
     lap("action_model_s")
 
     # 3. a gap sweep on the first eval_demos trajectories: the loss rule, the loss rule unioned
@@ -192,7 +192,7 @@ def main(args: Args) -> dict:
         **per_seed(scores),
         "chosen_per_seed": chosen,
         "per_seed": {**downstream, "tour_flat": flat[0]},
-        "timing": {**timing, "wall_s": time.perf_counter() - study.start},
+        "timing": {**lap.timing, "wall_s": time.perf_counter() - study.start},
     }
     every_10th = sorted({*range(0, args.model.total_steps, 10), args.model.total_steps - 1})
     rates = {f"{arm}/boundary_rate": r for arm, r in detection["boundary_rate"].items()}
@@ -215,14 +215,12 @@ def main(args: Args) -> dict:
 
 def _summary(args: Args, r: dict) -> str:
     cells = lambda c, keys: " | ".join(fmt_ci(c[k]) for k in keys)
-    row = lambda name, c: f"| {name} | {cells(c, ('precision', 'recall', 'f1'))} |"
-    oracle = lambda name, ci: f"| {name} (oracle) | | | {fmt_ci(ci)} |"
-    gap, best = r["chosen_gap"], r["best_gap_f1"]
-    revealed = []
-    if gap in r["gaps"]:  # the negative control at the chosen gap
+    gap, chosen = r["chosen_gap"], dict(r["chosen"])
+    if gap in r["gaps"]:  # the negative control at the chosen gap, from its sweep
         i = r["gaps"].index(gap)
-        at = {k: iqm_ci(np.asarray(v)[:, i]) for k, v in r["pr"]["revealed"].items()}
-        revealed = [row(f"negative control: skill id revealed (loss), gap {gap:g}", at)]
+        chosen["revealed"] = {
+            k: iqm_ci(np.asarray(v)[:, i]) for k, v in r["pr"]["revealed"].items()
+        }
     spike = {
         a: {k: r[k][a] for k in ("nll_at_switch", "nll_elsewhere", "spike")}
         for a in ("hidden", "revealed")
@@ -233,19 +231,8 @@ def _summary(args: Args, r: dict) -> str:
         f"at {r['true_boundary_rate']:.3f} of steps (mean segment "
         f"{r['mean_true_segment_length']:.1f} steps). Boundaries match within "
         f"+-{args.tolerance} steps, one-to-one; scored on {args.eval_demos} trajectories/seed.\n",
-        "| segmentation | precision | recall | F1 |\n|---|---|---|---|",
-        *(row(f"SBD ({arm}), gap {gap:g}", r["chosen"][arm]) for arm in ("loss", "loss + events")),
-        row("events only", r["events_only"]),
-        oracle("SBD (loss), best gap per seed", best["loss"]),
-        oracle(
-            f"fixed length, best length per seed (median best {r['fixed_best_length']})",
-            r["fixed_best_f1"],
-        ),
-        row("random at the true rate (oracle)", r["random_at_true_rate"]),
-        oracle("random, best rate per seed", r["random_best_f1"]),
-        oracle("SBD (loss + events), best gap per seed", best["loss + events"]),
-        *revealed,
-        oracle("negative control: skill id revealed (loss), best gap per seed", best["revealed"]),
+        *detection_table(r, ARM_LABELS, gap, chosen),
+        f"| events only | {cells(r['events_only'], ('precision', 'recall', 'f1'))} |",
         "\n| action model | NLL at true switches | NLL elsewhere | spike |\n|---|---|---|---|",
         *(f"| skill {a} | {cells(spike[a], spike[a])} |" for a in ("hidden", "revealed")),
         "\n| goal-conditioned policy trained on | mean segment | per-skill success | "
@@ -268,26 +255,9 @@ def _summary(args: Args, r: dict) -> str:
 def _plots(study: Study, r: dict, example: Any = None) -> None:
     """pr_curve.png, f1_vs_gap.png, downstream.png and (with ``example``) example_trajectory.png."""
     args, path = study.args, study.path
-    with figure(path / "pr_curve.png", size=(6, 4.5)) as ax:
-        curves = {
-            "SBD, loss (gap sweep)": (r["pr"]["loss"], "o-"),
-            "SBD, loss + events (gap sweep)": (r["pr"]["loss + events"], "d-"),
-            "skill revealed (gap sweep)": (r["pr"]["revealed"], "s--"),
-            "fixed length (length sweep)": (r["fixed_pr"], "^:"),
-            "random (rate sweep)": (r["random_pr"], "x:"),
-        }
-        plot_pr(ax, curves, f"recall (+-{args.tolerance} steps)")
-        e = r["events_only"]
-        ax.plot([e["recall"][0]], [e["precision"][0]], "k*", ms=10, label="events only")
-        ax.set_title(f"Boundary precision-recall, IQM over {args.seeds} seeds")
-        ax.legend()
-    f1 = {
-        "SBD (loss)": r["pr"]["loss"]["f1"],
-        "SBD (loss + events)": r["pr"]["loss + events"]["f1"],
-        "skill revealed (loss)": r["pr"]["revealed"]["f1"],
-    }
-    best = {"fixed length (best)": r["fixed_best_f1"], "random (best rate)": r["random_best_f1"]}
-    plot_curves(path / "f1_vs_gap.png", args.gaps, f1, "gap (nats)", "F1", "F1 over the gap", best)
+    arms = {a: (label, style) for (a, label), style in zip(ARM_LABELS.items(), STYLES)}
+    events = {"events only": (r["events_only"], "k*")}
+    plot_detection(path, {str(args.tolerance): r}, arms, args.gaps, events)
     with figure(path / "downstream.png", ncols=2, size=(5, 4)) as axes:
         for ax, key in zip(axes, ("skill_success", "tour_success")):
             names, ci = list(r[key]), np.array(list(r[key].values()))

@@ -38,24 +38,25 @@ from experiments.plots import (
     figure,
     mark_boundaries,
     plot_curves,
-    plot_pr,
+    plot_detection,
     segment_strip,
     write_gif,
 )
-from experiments.runner import RunFolder, fmt_ci, iqm_ci
+from experiments.runner import Laps, RunFolder, fmt_ci, iqm_ci
 from experiments.study import (
     Study,
     StudyArgs,
     cannot_render,
     cli,
     config_dict,
+    detection_table,
     metric_lines,
     named_key,
     per_seed,
     train_policy,
 )
 from skills import sbd
-from skills.action_model import ActionModel, ActionModelConfig, episode_starts
+from skills.action_model import ActionModelConfig, episode_starts
 from skills.boundary import BoundaryConfig
 from skills.switching import behaviour_stats, switching_demos
 
@@ -66,6 +67,8 @@ BEHAVIOURS: dict[str, dict[str, float]] = {
     "backward": {"direction": -1.0},
     "jump": {"target_velocity": 0.0, "jump_weight": 10.0},  # -|v_x| + 10 * root height
 }
+#: the segmentations scored: arm -> label
+ARMS = {"hidden": "SBD", "revealed": "negative control: behaviour revealed"}
 INFO = ("x_velocity", "height")  # recorded with every demonstration step
 EXPERT = "results/make_datasets/halfcheetah/policies/expert"  # forward, return about 6,000
 
@@ -163,7 +166,8 @@ def main(args: Args) -> dict:
     if (done := study.finished()) is not None:
         return done
     loaded = {name: behaviour_policy(args, name) for name in BEHAVIOURS}
-    policies_s = time.perf_counter() - study.start
+    lap = Laps(study.start)
+    lap("policies_s")
     actors = [(policy, params) for policy, params, _ in loaded.values()]
     env, tasks = envs.make(ENV, backend="native")[0], [_task(name) for name in BEHAVIOURS]
     stats_key, episodes = study.key("behaviour_stats"), args.policy_eval_episodes
@@ -172,10 +176,9 @@ def main(args: Args) -> dict:
         name: {"env_kwargs": BEHAVIOURS[name], "sac_env_steps": meta.get("env_steps"), **s}
         for (name, (_, _, meta)), s in zip(loaded.items(), stats)
     }
-    results, example, loss_lines = detect(args, actors)
-    results = {"behaviours": behaviours, **results}
-    results["timing"] = {"policies_s": policies_s, **results["timing"]}
-    results["timing"]["wall_s"] = time.perf_counter() - study.start
+    results, example, loss_lines = detect(args, actors, lap)
+    timing = {**lap.timing, "wall_s": time.perf_counter() - study.start}
+    results = {"behaviours": behaviours, **results, "timing": timing}
     study.folder().rewrite_metrics(loss_lines)
     _plots(study, results, example)
     if args.video:  # the example trajectory drawn from its observations, framed by segment
@@ -190,18 +193,16 @@ def main(args: Args) -> dict:
     return study.finish(results, _summary(args, results))
 
 
-def detect(args: Args, actors: list[tuple[Policy, Any]]) -> tuple[dict, tuple, list[dict]]:
-    """Switching demonstrations of ``actors``, SBD and baselines, scored over all seeds.
+def detect(
+    args: Args, actors: list[tuple[Policy, Any]], lap: Laps
+) -> tuple[dict, tuple, list[dict]]:
+    """Switching demonstrations of ``actors``, SBD and baselines, scored over all seeds (each
+    stage's seconds lapped in ``lap``).
 
     Returns (results, an example trajectory of seed 0 for the plot, action-model loss lines).
     """
     require(len(actors) >= 2, f"switching needs at least two actors, got {len(actors)}")
     seed_keys = lambda name: jax.random.split(named_key(args.seed, name), args.seeds)
-    timing, clock = {}, [time.perf_counter()]
-
-    def lap(stage: str) -> None:
-        timing[stage], clock[0] = time.perf_counter() - clock[0], time.perf_counter()
-
     # 2. switching demonstrations, all seeds in one program
     env, env_params = envs.make(ENV, backend="native")
     schedule = (args.num_demos, args.demo_steps, args.min_segment, args.max_segment)
@@ -217,16 +218,11 @@ def detect(args: Args, actors: list[tuple[Policy, Any]]) -> tuple[dict, tuple, l
     start = episode_starts(data.terminated, data.truncated)  # [S, N, T]
 
     # 3. action models on windows of the demonstrations, both arms, all seeds in one program
-    space = env.action_space(env_params)
-    model = ActionModel.create(args.model, space)
     cut = lambda x: x.reshape(x.shape[0], -1, args.train_window, *x.shape[3:])  # [S, N', W, ...]
-    windows = lambda o: jax.tree.map(cut, data._replace(obs=o))
-    keys = seed_keys("action_model")
-    trained = {
-        a: sbd.train_action_models(args.model, space, windows(o), keys) for a, o in obs.items()
-    }
-    params = {arm: p for arm, (p, _) in trained.items()}
-    losses = {arm: np.asarray(v) for arm, (_, v) in trained.items()}  # [S, total_steps]
+    model, params, losses = sbd.action_models(
+        args.model, env.action_space(env_params), jax.tree.map(cut, data),
+        {arm: cut(o) for arm, o in obs.items()}, seed_keys("action_model"),
+    )  # fmt: skip
     lap("action_model_s")
 
     # 4. segmentation: a sweep of gaps and the chosen gap, both arms; scores per tolerance
@@ -264,7 +260,6 @@ def detect(args: Args, actors: list[tuple[Policy, Any]]) -> tuple[dict, tuple, l
         },
         "recall_by_switch": [k | {"recall": iqm_ci(k["recall"])} for k in kinds],
         "action_model_final_loss": {a: iqm_ci(v[:, -50:].mean(1)) for a, v in losses.items()},
-        "timing": timing,
     }
     every_10th = sorted({*range(0, args.model.total_steps, 10), args.model.total_steps - 1})
     columns = {f"loss_{arm}": v for arm, v in losses.items()}
@@ -275,14 +270,7 @@ def detect(args: Args, actors: list[tuple[Policy, Any]]) -> tuple[dict, tuple, l
 
 
 def _summary(args: Args, r: dict) -> str:
-    cells = lambda x: " | ".join(fmt_ci(x[k]) for k in ("precision", "recall", "f1"))
-    row = lambda name, x: f"| {name} | {cells(x)} |"
-    oracle = lambda name, ci: f"| {name} (oracle) | | | {fmt_ci(ci)} |"
-    names, g, table = (
-        list(r["behaviours"]),
-        r["chosen_gap"],
-        "| segmentation | precision | recall | F1 |",
-    )
+    names, g = list(r["behaviours"]), r["chosen_gap"]
     lines = [
         f"# Skill-boundary detection on switching {ENV} demonstrations "
         f"({args.seeds} seeds, IQM [95% CI])\n",
@@ -302,20 +290,7 @@ def _summary(args: Args, r: dict) -> str:
         "steps.",
     ]
     for tol, s in r["by_tolerance"].items():
-        lines += [
-            f"\nTolerance +-{tol} steps:\n\n{table}\n|---|---|---|---|",
-            row(f"SBD, gap {g:g}", s["chosen"]["hidden"]),
-            oracle("SBD, best gap per seed", s["best_gap_f1"]["hidden"]),
-            row(
-                f"fixed length {s['fixed_best_length']} (best median length, oracle)",
-                s["fixed_at_best_length"],
-            ),
-            oracle("fixed length, best length per seed", s["fixed_best_f1"]),
-            row("random at the true rate (oracle)", s["random_at_true_rate"]),
-            oracle("random, best rate per seed", s["random_best_f1"]),
-            row(f"negative control: behaviour revealed, gap {g:g}", s["chosen"]["revealed"]),
-            oracle("negative control, best gap per seed", s["best_gap_f1"]["revealed"]),
-        ]
+        lines += [f"\nTolerance +-{tol} steps:\n", *detection_table(s, ARMS, g, s["chosen"])]
     lines += [
         f"\nRecall at gap {g:g} (+-{min(args.tolerances)} steps) by kind of switch:\n",
         "| switch | count | recall |\n|---|---|---|",
@@ -336,28 +311,9 @@ def _summary(args: Args, r: dict) -> str:
 
 def _plots(study: Study, r: dict, example: Any = None) -> None:
     """pr_curve.png, f1_vs_gap.png, nll_around_switch.png and example_trajectory.png."""
-    args, path, tols = study.args, study.path, list(r["by_tolerance"])
-    with figure(path / "pr_curve.png", ncols=len(tols), size=(5.5, 4.5)) as axes:
-        for ax, tol in zip(np.ravel([axes]), tols):
-            s = r["by_tolerance"][tol]
-            curves = {
-                "SBD (gap sweep)": (s["pr"]["hidden"], "o-"),
-                "behaviour revealed (gap sweep)": (s["pr"]["revealed"], "s--"),
-                "fixed length (length sweep)": (s["fixed_pr"], "^:"),
-                "random (rate sweep)": (s["random_pr"], "x:"),
-            }
-            plot_pr(ax, curves, f"recall (+-{tol} steps)")
-            ax.set_title(f"+-{tol} steps, IQM over {args.seeds} seeds")
-            ax.legend(fontsize=8)
-    strict = r["by_tolerance"][tols[0]]
-    f1 = {
-        f"{'SBD' if arm == 'hidden' else 'behaviour revealed'}, +-{tol}": s["pr"][arm]["f1"]
-        for tol, s in r["by_tolerance"].items()
-        for arm in ("hidden", "revealed")
-    }
-    best = {f"fixed (best), +-{tols[0]}": strict["fixed_best_f1"]}
-    best[f"random (best), +-{tols[0]}"] = strict["random_best_f1"]
-    plot_curves(path / "f1_vs_gap.png", args.gaps, f1, "gap (nats)", "F1", "F1 over the gap", best)
+    args, path = study.args, study.path
+    styles = {arm: (label, style) for (arm, label), style in zip(ARMS.items(), ("o-", "s--"))}
+    plot_detection(path, r["by_tolerance"], styles, args.gaps)
     aligned = {f"behaviour {arm}": np.asarray(v) for arm, v in r["nll_aligned"].items()}
     labels = ("steps after a true switch", "NLL (nats)", "NLL around switches (memory not reset)")
     plot_curves(path / "nll_around_switch.png", r["nll_offsets"], aligned, *labels)

@@ -58,6 +58,7 @@ from experiments import loggers
 from experiments.plots import write_gif
 from experiments.runner import (
     RunFolder,
+    fmt_ci,
     iqm_ci,
     lock_folder,
     run_chunked,
@@ -73,6 +74,7 @@ __all__ = [
     "cli",
     "config_dict",
     "demonstrations",
+    "detection_table",
     "metric_lines",
     "named_key",
     "parse_env_kwargs",
@@ -185,6 +187,29 @@ def per_seed(x: Any) -> Any:
     if isinstance(x, Mapping):
         return {k: per_seed(v) for k, v in x.items()}
     return iqm_ci(np.asarray(x)) if np.ndim(x) == 1 else np.asarray(x).tolist()
+
+
+def detection_table(
+    scores: Mapping[str, Any], arms: Mapping[str, str], gap: float, chosen: Mapping[str, Any]
+) -> list[str]:
+    """The markdown rows of ``skills.sbd.detection_scores`` (through ``per_seed``): each arm
+    ({arm: label}) at the chosen ``gap`` (its scores in ``chosen``, when there) and at its best
+    gap per seed (an oracle), then the fixed-length and random baselines."""
+    prf = ("precision", "recall", "f1")
+    row = lambda name, c: f"| {name} | " + " | ".join(fmt_ci(c[k]) for k in prf) + " |"
+    oracle = lambda name, ci: f"| {name} (oracle) | | | {fmt_ci(ci)} |"
+    lines = ["| segmentation | precision | recall | F1 |", "|---|---|---|---|"]
+    for arm, label in arms.items():
+        lines += [row(f"{label}, gap {gap:g}", chosen[arm])] if arm in chosen else []
+        lines.append(oracle(f"{label}, best gap per seed", scores["best_gap_f1"][arm]))
+    fixed = f"fixed length {scores['fixed_best_length']} (best median length, oracle)"
+    return [
+        *lines,
+        row(fixed, scores["fixed_at_best_length"]),
+        oracle("fixed length, best length per seed", scores["fixed_best_f1"]),
+        row("random at the true rate (oracle)", scores["random_at_true_rate"]),
+        oracle("random, best rate per seed", scores["random_best_f1"]),
+    ]
 
 
 def seedwise(fn: Callable[..., Any], *xs: Any, what: str = "training") -> Any:

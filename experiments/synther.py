@@ -20,7 +20,6 @@ its own resumable run folder (and exported policy) under ``--out``, beside the p
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Literal
 
 import jax
@@ -38,7 +37,7 @@ from agents.sac import SACConfig, make_sac
 from agents.synther import SynthERConfig, fit_synthesizer, make_synther, quality, upsample
 from agents.td3_bc import TD3BCConfig, make_td3_bc
 from experiments.plots import figure, plot_curves, plot_intervals
-from experiments.runner import RunFolder, final_score, fmt_ci, iqm_ci
+from experiments.runner import Laps, RunFolder, final_score, fmt_ci, iqm_ci
 from experiments.study import Study, StudyArgs, cli, config_dict, parse_env_kwargs, train_policy
 
 
@@ -120,15 +119,13 @@ def offline_and_quality(study: Study, args: Args, studies: set[str]) -> dict:
     n, n_sub = int(data.reward.shape[0]), int(subset.reward.shape[0])
     results: dict = {"dataset": args.dataset, "transitions": n, "subset_transitions": n_sub}
     print(f"{args.dataset}: {n} transitions, subset {n_sub}")
-    t0 = time.perf_counter()
+    lap = Laps()
     synth, losses = fit_synthesizer(subset, args.diffusion, study.key("diffusion"), args.progress)
-    fit_s, t0 = time.perf_counter() - t0, time.perf_counter()
+    lap("fit_s")
     synthetic = upsample(synth, args.num_synthetic, study.key("upsample"), chunk_size=50_000)
-    results["diffusion"] = {
-        "fit_s": fit_s,
-        "sample_s": time.perf_counter() - t0,
-        "final_loss": float(losses[-max(1, len(losses) // 20) :].mean()),
-    }
+    lap("sample_s")
+    final_loss = float(losses[-max(1, len(losses) // 20) :].mean())
+    results["diffusion"] = {**lap.timing, "final_loss": final_loss}
     if "quality" in studies:
         q = quality(env, params, subset, synthetic, study.key("quality"), args.quality_samples)
         with figure(study.path / "quality_moments.png", ncols=2, size=(4.5, 4.0)) as axes:

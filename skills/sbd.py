@@ -5,6 +5,7 @@ boundaries, true switches and episode starts are bool [S, N, T]. Scores are per 
 study aggregates them as it likes (interquartile means with bootstrap CIs in ``experiments``).
 
     params, loss = train_action_models(config, action_space, demos, keys)   # vmapped over seeds
+    model, params, loss = action_models(config, action_space, demos, {"hidden": obs}, keys)
     swept = sweep_boundaries(model, params, obs, action, start, sweep)      # [S, G, N, T]
     pr = sweep_scores(swept, true, start, tolerance)                        # {metric: [S, G]}
     fixed, rand, rand_at_rate = baseline_scores(true, start, keys, 2, (4, 8), (0.1,))
@@ -14,7 +15,7 @@ study aggregates them as it likes (interquartile means with bootstrap CIs in ``e
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -34,6 +35,7 @@ from skills.segments import (
 )
 
 __all__ = [
+    "action_models",
     "baseline_scores",
     "detection_scores",
     "nll_around_switches",
@@ -65,6 +67,28 @@ def train_action_models(
         return agent.policy_params(state), metrics["loss"]
 
     return jax.vmap(one)(keys, demos)
+
+
+def action_models(
+    config: ActionModelConfig,
+    action_space: spaces.Space,
+    demos: Transition,
+    views: Mapping[str, jax.Array],
+    keys: jax.Array,
+) -> tuple[ActionModel, dict[str, Any], dict[str, np.ndarray]]:
+    """``train_action_models`` on the demonstrations [S, N, T, ...] seen through each view of
+    their observations ({arm: obs [S, N, T, D]}, e.g. the skill hidden and revealed):
+    (the model, {arm: params [S, ...]}, {arm: loss [S, total_steps]})."""
+    trained = {
+        arm: train_action_models(config, action_space, demos._replace(obs=obs), keys)
+        for arm, obs in views.items()
+    }
+    params = {arm: p for arm, (p, _) in trained.items()}
+    return (
+        ActionModel.create(config, action_space),
+        params,
+        {arm: np.asarray(loss) for arm, (_, loss) in trained.items()},
+    )
 
 
 def segment(
