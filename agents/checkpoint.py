@@ -67,6 +67,12 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
+#: Config fields added after runs were stored (by their last name): a stored config without
+#: one ran with this value, the behaviour from before the field existed, so it still matches a
+#: config that gives that value.
+ADDED_FIELDS: dict[str, Any] = {"start": "uniform", "anchor": 0.0, "clone_steps": 1}
+
+
 def _flatten_config(obj: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(obj, dict) and obj:
         out: dict[str, Any] = {}
@@ -194,6 +200,9 @@ class Checkpointer:
             raise CheckpointError(f"cannot read the run config {path}: {err}.") from err
         ours, theirs = _flatten_config(self.config), _flatten_config(stored)
         missing = "<missing>"
+        for key in set(ours) - set(theirs):
+            if key.rsplit(".", 1)[-1] in ADDED_FIELDS:
+                theirs[key] = ADDED_FIELDS[key.rsplit(".", 1)[-1]]
         diffs = [
             f"{key}: stored {theirs.get(key, missing)!r}, given {ours.get(key, missing)!r}"
             for key in sorted(set(ours) | set(theirs))

@@ -88,6 +88,7 @@ class ContinualConfig:
     batch_size: int = static(1024)
     hidden: tuple[int, ...] = static((256, 256))
     policy_freq: int = static(2)  # critic steps per actor (and target, clone) step
+    clone_steps: int = static(1)  # OER: clone steps per actor step (the reference: 1)
     buffer_size: int = static(1_000)  # transitions kept per past task (reference: 1k or 10k)
     num_neighbours: int = static(64)
     num_chains: int = static(10)  # MBES chains run together
@@ -116,7 +117,7 @@ class ContinualConfig:
         require(self.heads in ("single", "multi"), f"heads={self.heads!r}: single or multi")
         for name in ("steps_per_task", "batch_size", "policy_freq", "num_neighbours"):
             require(getattr(self, name) >= 1, f"ContinualConfig.{name} must be >= 1")
-        for name in ("num_chains", "fisher_samples"):
+        for name in ("num_chains", "fisher_samples", "clone_steps"):
             require(getattr(self, name) >= 1, f"ContinualConfig.{name} must be >= 1")
         require(self.eval_episodes >= 0, "ContinualConfig.eval_episodes must be >= 0")
         require(
@@ -535,15 +536,28 @@ def make_continual(
         metrics = {"critic_loss": c_loss.mean(), "actor_loss": a_loss, "bc_mse": bc, "q": q.mean()}
         clone = state.clone
         if config.method == "oer":  # dual behaviour cloning
-            target = jax.lax.stop_gradient(actor.apply(actor_ts.params, new.obs, head))
 
-            def clone_loss(params):
-                now = jnp.square(actor.apply(params, new.obs, head) - target).mean()
-                kept = actor.apply(params, replay.data.obs, old_head)
-                return now + weight * jnp.square(kept - replay.action).mean()
+            def clone_step(clone, batch):
+                new, tasks, replay = batch
+                head, old_head = head_of(tasks), head_of(replay.task)
+                target = jax.lax.stop_gradient(actor.apply(actor_ts.params, new.obs, head))
 
-            metrics["clone_loss"], grads = jax.value_and_grad(clone_loss)(clone.params)
-            clone = clone.apply_gradients(grads=grads)
+                def clone_loss(params):
+                    now = jnp.square(actor.apply(params, new.obs, head) - target).mean()
+                    kept = actor.apply(params, replay.data.obs, old_head)
+                    return now + weight * jnp.square(kept - replay.action).mean()
+
+                loss, grads = jax.value_and_grad(clone_loss)(clone.params)
+                return clone.apply_gradients(grads=grads), loss
+
+            clone, metrics["clone_loss"] = clone_step(clone, (new, last(tasks), replay))
+            if config.clone_steps > 1:  # more steps, each on fresh batches
+                key, k_clone = jax.random.split(key)
+                extra = jax.vmap(lambda k: sample(state, k))(
+                    jax.random.split(k_clone, config.clone_steps - 1)
+                )
+                clone, losses = jax.lax.scan(clone_step, clone, extra)
+                metrics["clone_loss"] = (metrics["clone_loss"] + losses.sum()) / config.clone_steps
         state = state._replace(
             actor=actor_ts,
             clone=clone,

@@ -120,6 +120,18 @@ def test_config_is_stored_and_mismatch_names_keys(tmp_path: Path) -> None:
         Checkpointer(tmp_path / "x", {"bad": object()})
 
 
+def test_a_field_added_later_matches_stored_runs_at_its_old_behaviour(tmp_path: Path) -> None:
+    """A stored config from before ``clone_steps`` existed resumes with ``clone_steps=1`` (what
+    it ran with), and is refused with any other value."""
+    Checkpointer(tmp_path, {**CONFIG, "oer": {"alpha": 0.1}}).save(1, make_state(1))
+    added = {**CONFIG, "oer": {"alpha": 0.1, "clone_steps": 1}}
+    Checkpointer(tmp_path, added).restore(make_state(0))
+    with pytest.raises(CheckpointError, match=r"oer\.clone_steps"):
+        Checkpointer(tmp_path, {**added, "oer": {"alpha": 0.1, "clone_steps": 4}}).restore(
+            make_state(0)
+        )
+
+
 def test_structure_mismatch_names_first_leaf(tmp_path: Path) -> None:
     ckpt = Checkpointer(tmp_path, CONFIG)
     ckpt.save(1, make_state(1))
