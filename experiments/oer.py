@@ -182,6 +182,19 @@ def main(args: Args) -> dict:
         {k: s["per_seed"]["average"] for k, s in summary.items()},
         "average normalised score after the last task",
     )
+    swept: dict[str, list[str]] = {}  # replaying arm -> its labels, one per buffer size
+    for label, arm, *_ in runs:
+        if len(args.buffer_sizes) > 1 and ARMS[arm][0] in ("replay", "oer"):
+            swept.setdefault(label.rpartition(", buffer")[0], []).append(label)
+    for metric in ("average", "forgetting") if swept else ():
+        curves = {
+            arm: np.stack([summary[k]["per_seed"][metric] for k in labels], 1)
+            for arm, labels in swept.items()
+        }  # [S, sizes]
+        plot_curves(
+            study.path / f"buffer_{metric}.png", np.log10(args.buffer_sizes), curves,
+            "log10 buffer size per task", metric, f"{args.sequence}: {metric} over buffer size",
+        )  # fmt: skip
     for j, name in enumerate(names):
         curves = {k: v[:, :, j] for k, v in scores.items()}
         plot_curves(

@@ -465,22 +465,25 @@ def test_psec_safe(tmp_path):
 
 def test_oer(tmp_path):
     """Tiny SAC runs make the five tasks' Minari datasets; two arms cover the transfer metrics
-    (single-task is forward transfer's reference) and OER's buffers and MMD check."""
+    (single-task is forward transfer's reference), OER's buffers and MMD check, and the
+    buffer-size sweep."""
     argv = ["--datasets", str(tmp_path / "runs"), "--dataset-root", str(tmp_path / "minari")]
     argv += ["--seeds", "2", "--episode-steps", "30", "--dataset-steps", "200"]
     argv += ["--sac.num-steps", "30", "--sac.total-steps", "120", "--sac.learning-starts", "60"]
     argv += ["--sac.batch-size", "16", "--sac.buffer-size", "120", "--sac.hidden", "8", "8"]
-    argv += ["--snapshot-every", "30", "--buffer-sizes", "10", "--mmd-samples", "20"]
+    argv += ["--snapshot-every", "30", "--buffer-sizes", "10", "20", "--mmd-samples", "20"]
     argv += ["--continual.steps-per-task", "4", "--continual.batch-size", "16"]
     argv += ["--continual.hidden", "8", "8", "--continual.eval-episodes", "1"]
     argv += ["--continual.num-neighbours", "4", "--continual.dynamics.total-steps", "2"]
     argv += ["--continual.dynamics.hidden", "8", "--heads", "multi"]
     argv += ["--arms", "OER (MBES + DBC)", "single-task"]
     results = run_study("oer", tmp_path / "study", *argv)
-    assert set(results["summary"]) == {"OER (MBES + DBC), multi-head", "single-task, multi-head"}
-    assert set(results["mmd"]) == {"OER (MBES + DBC), multi-head"}
+    swept = [f"OER (MBES + DBC), multi-head, buffer {n}" for n in (10, 20)]
+    assert set(results["summary"]) == {*swept, "single-task, multi-head"}
+    assert set(results["mmd"]) == set(swept)
     assert np.shape(results["R"]["single-task, multi-head"]) == (5, 5)
-    assert (tmp_path / "study" / "R.png").exists()
+    for plot in ("R.png", "buffer_average.png", "buffer_forgetting.png"):
+        assert (tmp_path / "study" / plot).exists()
     assert len(list((tmp_path / "minari").rglob("metadata.json"))) == 5
 
     from agents.sac import SACConfig
