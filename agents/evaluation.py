@@ -1,4 +1,5 @@
-"""Vmapped policy evaluation over whole episodes, bounded so it can never hang."""
+"""Vmapped policy evaluation over whole episodes, bounded so it can never hang; continual
+learning's transfer metrics of a return matrix; a two-sample distance (MMD)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from agents.core import Params, Policy
 
@@ -86,3 +88,35 @@ def record(
     init = (policy.initial_carry(1), obs, state)
     _, (frames, rewards) = jax.lax.scan(step, init, jax.random.split(key, num_steps))
     return jnp.concatenate([env.render(state, env_params)[None], frames]), rewards
+
+
+def transfer_metrics(scores: Any, single: Any = None) -> dict[str, np.ndarray]:
+    """Continual-learning summaries of R = ``scores`` [..., T, T] (R[i, j]: on task j after
+    learning task i): ``average`` (mean of the last row), ``bwt`` (mean over i < T-1 of
+    R[T-1, i] - R[i, i]), ``forgetting`` (mean over i < T-1 of max_{i <= k < T-1} R[k, i] -
+    R[T-1, i]) and, given single-task scores ``single`` [..., T], ``fwt`` (mean R[i, i] -
+    single[i]). Each [...]."""
+    r = np.asarray(scores, np.float64)
+    num = r.shape[-1]
+    diag = np.diagonal(r, axis1=-2, axis2=-1)  # [..., T]
+    last = r[..., -1, :]
+    out = {"average": last.mean(-1)}
+    if num > 1:
+        out["bwt"] = (last - diag)[..., :-1].mean(-1)
+        since = np.where(np.tri(num, dtype=bool), r, -np.inf)  # R[k, i] for k >= i
+        best = since[..., :-1, :].max(-2)  # [..., T]: max over i <= k < T-1
+        out["forgetting"] = (best - last)[..., :-1].mean(-1)
+    if single is not None:
+        out["fwt"] = (diag - np.asarray(single, np.float64)).mean(-1)
+    return out
+
+
+def mmd(x: jax.Array, y: jax.Array, bandwidth: float | None = None) -> jax.Array:
+    """Squared maximum mean discrepancy (biased) between samples x [n, D] and y [m, D] with a
+    Gaussian kernel; ``bandwidth`` defaults to the median pairwise distance of both."""
+    z = jnp.concatenate([x, y])
+    d2 = jnp.square(z[:, None] - z[None]).sum(-1)
+    h2 = jnp.median(d2) if bandwidth is None else bandwidth**2
+    k = jnp.exp(-d2 / jnp.maximum(h2, 1e-12))
+    n = x.shape[0]
+    return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()

@@ -25,13 +25,14 @@ for later tasks. ``config.method``:
   Q on replayed (state, stored action) pairs is anchored to the value stored with them.
 
 ``selection``: ``random`` (uniform without replacement) or ``mbes`` (model-based experience
-selection): a 5-member probabilistic dynamics ensemble (``agents.dynamics``) is fit to the task;
-``num_chains`` chains start at the dataset's episode starts; at state s the policy acts, a random
-member predicts s', and among the ``num_neighbours`` nearest dataset transitions to s the chain
-takes the one whose next state is nearest the prediction when the model is confident (its
-predictive variance below ``variance_ratio`` times the neighbours' next-state variance), else the
-dataset's own transition; it steps to that transition's successor (a chain that reaches an
-episode end or a transition already kept restarts at an episode start) until the buffer is full.
+selection, ``agents.dynamics.select_mbes``): a 5-member probabilistic dynamics ensemble is fit
+to the task; ``num_chains`` chains start at the dataset's episode starts; at state s the policy
+acts, a random member predicts s', and among the ``num_neighbours`` nearest dataset transitions
+to s the chain takes the one whose next state is nearest the prediction when the model is
+confident (its predictive variance below ``variance_ratio`` times the neighbours' next-state
+variance), else the dataset's own transition; it steps to that transition's successor (a chain
+that reaches an episode end or a transition already kept restarts at an episode start) until the
+buffer is full.
 ``heads="multi"`` gives actor, clone and critic one output layer per task (task id known).
 Observations are normalised with the first task's statistics, kept for the whole sequence.
 """
@@ -51,7 +52,7 @@ from flax.training.train_state import TrainState
 
 from agents import offline
 from agents.core import Agent, Policy, no_carry, policy_spec
-from agents.dynamics import DynamicsConfig, make_dynamics
+from agents.dynamics import DynamicsConfig, make_dynamics, select_mbes
 from agents.evaluation import evaluate
 from agents.hparams import require, require_fields, static, sweepable
 from agents.networks import MLP, dense
@@ -65,16 +66,12 @@ __all__ = [
     "TaskSequence",
     "continual_policy",
     "make_continual",
-    "mmd",
     "prepare_sequence",
-    "select_mbes",
     "select_random",
-    "transfer_metrics",
 ]
 
 METHODS = ("finetune", "scratch", "joint", "ewc", "replay", "oer")
 SELECTIONS = ("random", "mbes")
-NEVER = np.iinfo(np.int32).max  # selection order of a transition not (yet) selected
 
 
 @struct.dataclass
@@ -307,71 +304,6 @@ def select_random(key: jax.Array, size: jax.Array, capacity: int, num: int) -> j
     """``num`` distinct indices among the first ``size`` of ``capacity`` rows: [num] int32."""
     noise = jax.random.uniform(key, (capacity,))
     return jax.lax.top_k(-jnp.where(jnp.arange(capacity) < size, noise, jnp.inf), num)[1]
-
-
-def select_mbes(
-    key: jax.Array,
-    data: Transition,
-    size: jax.Array,
-    starts: jax.Array,
-    act: Any,
-    predict: Any,
-    num: int,
-    num_neighbours: int = 64,
-    num_chains: int = 10,
-    variance_ratio: float | jax.Array = 2.0,
-    max_steps: int | None = None,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Model-based experience selection on one dataset ``data`` [N] (first ``size`` rows valid,
-    ``starts`` [N] its episode starts): ``num`` distinct indices [num] in the order the chains
-    reached them, and stats (``confident``: the fraction of chain steps that followed the model;
-    ``chained``: indices the chains found before ``max_steps`` (default 20 * num / num_chains);
-    the rest, if any, are drawn uniformly). ``act(obs [C, D]) -> [C, A]``;
-    ``predict(obs, action) -> (mean, var)`` [K, C, D] next observations."""
-    capacity = data.reward.shape[0]
-    valid = jnp.arange(capacity) < size
-    done = data.terminated | data.truncated
-    chains = jnp.arange(num_chains)
-    max_steps = 20 * num // num_chains + 1 if max_steps is None else max_steps
-    start_logits = jnp.where(starts & valid, 0.0, -jnp.inf)
-    restart = lambda k: jax.random.categorical(k, start_logits, shape=(num_chains,))
-    sq_norm = jnp.where(valid, jnp.square(data.obs).sum(-1), jnp.inf)  # [N]
-
-    def step(carry):
-        order, current, t, key, confident_steps = carry
-        key, k_member, k_restart = jax.random.split(key, 3)
-        s = data.obs[current]  # [C, D]
-        mean, var = predict(s, act(s))  # [K, C, D]
-        member = jax.random.randint(k_member, (num_chains,), 0, mean.shape[0])
-        predicted = mean[member, chains]  # [C, D]
-        dist = sq_norm[None] - 2.0 * s @ data.obs.T  # [C, N]: squared distance minus |s|^2
-        neighbours = jax.lax.top_k(-dist, num_neighbours)[1]  # [C, k]
-        next_obs = data.next_obs[neighbours]  # [C, k, D]
-        model_var = (var.mean(0) + mean.var(0)).mean(-1)  # predictive variance [C]
-        confident = model_var < variance_ratio * next_obs.var(1).mean(-1)
-        # the kept neighbour nearest the prediction; already kept ones only if all are
-        miss = jnp.square(next_obs - predicted[:, None]).sum(-1)  # [C, k]
-        miss = jnp.where(order[neighbours] < NEVER, jnp.inf, miss)
-        nearest = jnp.argmin(miss, axis=1)
-        chosen = jnp.where(confident, neighbours[chains, nearest], current)
-        order = order.at[chosen].min(t * num_chains + chains)  # a no-op on a kept one
-        successor = chosen + 1
-        ends = done[chosen] | (successor >= size) | starts[jnp.minimum(successor, capacity - 1)]
-        current = jnp.where(ends, restart(k_restart), successor)
-        return order, current, t + 1, key, confident_steps + confident.sum()
-
-    def running(carry):
-        return ((carry[0] < NEVER).sum() < num) & (carry[2] < max_steps)
-
-    key, k_start, k_fill = jax.random.split(key, 3)
-    init = (jnp.full((capacity,), NEVER, jnp.int32), restart(k_start), 0, key, 0)
-    order, _, steps, _, confident_steps = jax.lax.while_loop(running, step, init)
-    chained = jnp.minimum((order < NEVER).sum(), num)  # the last step may find a few more
-    chosen_first = order.astype(jnp.float32) / (max_steps * num_chains + 1)  # [0, 1)
-    rank = jnp.where(order < NEVER, chosen_first, 1.0 + jax.random.uniform(k_fill, (capacity,)))
-    picked = jax.lax.top_k(-jnp.where(valid, rank, jnp.inf), num)[1]
-    stats = {"confident": confident_steps / jnp.maximum(steps * num_chains, 1), "chained": chained}
-    return picked, stats
 
 
 def make_continual(
@@ -682,35 +614,3 @@ def make_continual(
         steps_per_update=config.steps_per_task,
         step_unit="gradient steps",
     )
-
-
-def transfer_metrics(scores: Any, single: Any = None) -> dict[str, np.ndarray]:
-    """Continual-learning summaries of R = ``scores`` [..., T, T] (R[i, j]: on task j after
-    learning task i): ``average`` (mean of the last row), ``bwt`` (mean over i < T-1 of
-    R[T-1, i] - R[i, i]), ``forgetting`` (mean over i < T-1 of max_{i <= k < T-1} R[k, i] -
-    R[T-1, i]) and, given single-task scores ``single`` [..., T], ``fwt`` (mean R[i, i] -
-    single[i]). Each [...]."""
-    r = np.asarray(scores, np.float64)
-    num = r.shape[-1]
-    diag = np.diagonal(r, axis1=-2, axis2=-1)  # [..., T]
-    last = r[..., -1, :]
-    out = {"average": last.mean(-1)}
-    if num > 1:
-        out["bwt"] = (last - diag)[..., :-1].mean(-1)
-        since = np.where(np.tri(num, dtype=bool), r, -np.inf)  # R[k, i] for k >= i
-        best = since[..., :-1, :].max(-2)  # [..., T]: max over i <= k < T-1
-        out["forgetting"] = (best - last)[..., :-1].mean(-1)
-    if single is not None:
-        out["fwt"] = (diag - np.asarray(single, np.float64)).mean(-1)
-    return out
-
-
-def mmd(x: jax.Array, y: jax.Array, bandwidth: float | None = None) -> jax.Array:
-    """Squared maximum mean discrepancy (biased) between samples x [n, D] and y [m, D] with a
-    Gaussian kernel; ``bandwidth`` defaults to the median pairwise distance of both."""
-    z = jnp.concatenate([x, y])
-    d2 = jnp.square(z[:, None] - z[None]).sum(-1)
-    h2 = jnp.median(d2) if bandwidth is None else bandwidth**2
-    k = jnp.exp(-d2 / jnp.maximum(h2, 1e-12))
-    n = x.shape[0]
-    return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import tyro
 
 import envs
-from agents.dynamics import DynamicsConfig, make_dynamics
-from agents.oer import ContinualConfig, make_continual, select_mbes
+from agents.dynamics import DynamicsConfig, make_dynamics, select_mbes
+from agents.oer import ContinualConfig, make_continual
 from agents.replay import Transition
 from agents.td3_bc import TD3BCConfig, make_td3_bc
 from benchmarks.timing import timed, write_json

@@ -27,7 +27,8 @@ import numpy as np
 
 import envs
 from agents.dynamics import DynamicsConfig
-from agents.oer import ContinualConfig, make_continual, mmd, select_random, transfer_metrics
+from agents.evaluation import mmd, transfer_metrics
+from agents.oer import ContinualConfig, make_continual, select_random
 from agents.replay.datasets import collect
 from agents.sac import SACConfig
 from experiments.plots import figure, plot_curves, plot_intervals

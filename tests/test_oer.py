@@ -9,8 +9,9 @@ import pytest
 
 import envs
 from agents.checkpoint import Checkpointer
-from agents.dynamics import DynamicsConfig
-from agents.oer import ContinualConfig, make_continual, mmd, select_mbes, transfer_metrics
+from agents.dynamics import DynamicsConfig, select_mbes
+from agents.evaluation import mmd, transfer_metrics
+from agents.oer import ContinualConfig, make_continual
 from agents.replay import Transition
 from experiments.runner import RunFolder, run_chunked
 
