@@ -208,8 +208,10 @@ def main(args: Args) -> dict:
 def buffer_distances(args, env, task_params, learner, state, datasets) -> dict[str, np.ndarray]:
     """Per seed [S]: the mean over past tasks of the squared MMD between the kept buffer's
     states and the final policy's own states on that task (``buffer``), and the same for a
-    uniformly drawn buffer of the same size (``random``), in the learner's units."""
+    uniformly drawn buffer of the same size (``random``), in the learner's units. Buffers above
+    ``mmd_samples`` transitions are represented by ``mmd_samples`` of them drawn uniformly."""
     size = int(state.buffer.filled[0]) // len(datasets)
+    used = min(size, args.mmd_samples)  # the kernel matrix is [used + own, used + own]
     units = learner.policy.spec["units"]
     normalize = lambda x: (np.asarray(x) - units["obs_mean"]) / np.asarray(units["obs_std"])
     steps = max(args.mmd_samples // 10, 1)
@@ -227,9 +229,11 @@ def buffer_distances(args, env, task_params, learner, state, datasets) -> dict[s
         for t in past:
             own = normalize(own_states(params | {"head": t}, task_params[t], jax.random.key(s)))
             kept = state.buffer.data.obs[s, t * size : (t + 1) * size]
+            if used < size:
+                kept = kept[np.asarray(select_random(jax.random.key(t), size, size, used))]
             n = datasets[t].reward.shape[0]
             drawn = np.asarray(datasets[t].obs)[
-                np.asarray(select_random(jax.random.key(t), n, n, size))
+                np.asarray(select_random(jax.random.key(t), n, n, used))
             ]
             out["buffer"][s] += float(mmd(kept, own)) / len(past)
             out["random"][s] += float(mmd(normalize(drawn), own)) / len(past)

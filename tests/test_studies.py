@@ -471,7 +471,7 @@ def test_oer(tmp_path):
     argv += ["--seeds", "2", "--episode-steps", "30", "--dataset-steps", "200"]
     argv += ["--sac.num-steps", "30", "--sac.total-steps", "120", "--sac.learning-starts", "60"]
     argv += ["--sac.batch-size", "16", "--sac.buffer-size", "120", "--sac.hidden", "8", "8"]
-    argv += ["--snapshot-every", "30", "--buffer-sizes", "10", "20", "--mmd-samples", "20"]
+    argv += ["--snapshot-every", "30", "--buffer-sizes", "10", "20", "--mmd-samples", "15"]
     argv += ["--continual.steps-per-task", "4", "--continual.batch-size", "16"]
     argv += ["--continual.hidden", "8", "8", "--continual.eval-episodes", "1"]
     argv += ["--continual.num-neighbours", "4", "--continual.dynamics.total-steps", "2"]
