@@ -36,6 +36,7 @@ from experiments.study import (
     StudyArgs,
     cli,
     detection_table,
+    loss_lines,
     metric_lines,
     parse_env_kwargs,
     per_seed,
@@ -194,13 +195,11 @@ def main(args: Args) -> dict:
         "per_seed": {**downstream, "tour_flat": flat[0]},
         "timing": {**lap.timing, "wall_s": time.perf_counter() - study.start},
     }
-    every_10th = sorted({*range(0, args.model.total_steps, 10), args.model.total_steps - 1})
     rates = {f"{arm}/boundary_rate": r for arm, r in detection["boundary_rate"].items()}
     curves = {f"{arm}/{k}": v for arm, c in detection["pr"].items() for k, v in c.items()} | rates
-    losses = {f"loss_{arm}": v for arm, v in loss.items()}
-    lines = metric_lines("action_model", "update", zip(every_10th, every_10th), losses)
     study.folder().rewrite_metrics(
-        lines + metric_lines("pr_curve", "gap", enumerate(args.gaps), curves)
+        loss_lines("action_model", loss)
+        + metric_lines("pr_curve", "gap", enumerate(args.gaps), curves)
     )
     example = (true[0, 0], start[0, 0], seg["loss"].nll[0, 0], seg["loss"].boundary[0, 0])
     _plots(study, results, jax.device_get(example))

@@ -50,7 +50,7 @@ from experiments.study import (
     cli,
     config_dict,
     detection_table,
-    metric_lines,
+    loss_lines,
     named_key,
     per_seed,
     train_policy,
@@ -176,10 +176,10 @@ def main(args: Args) -> dict:
         name: {"env_kwargs": BEHAVIOURS[name], "sac_env_steps": meta.get("env_steps"), **s}
         for (name, (_, _, meta)), s in zip(loaded.items(), stats)
     }
-    results, example, loss_lines = detect(args, actors, lap)
+    results, example, lines = detect(args, actors, lap)
     timing = {**lap.timing, "wall_s": time.perf_counter() - study.start}
     results = {"behaviours": behaviours, **results, "timing": timing}
-    study.folder().rewrite_metrics(loss_lines)
+    study.folder().rewrite_metrics(lines)
     _plots(study, results, example)
     if args.video:  # the example trajectory drawn from its observations, framed by segment
         n = min(args.video, args.demo_steps)
@@ -261,12 +261,10 @@ def detect(
         "recall_by_switch": [k | {"recall": iqm_ci(k["recall"])} for k in kinds],
         "action_model_final_loss": {a: iqm_ci(v[:, -50:].mean(1)) for a, v in losses.items()},
     }
-    every_10th = sorted({*range(0, args.model.total_steps, 10), args.model.total_steps - 1})
-    columns = {f"loss_{arm}": v for arm, v in losses.items()}
-    loss_lines = metric_lines("action_model", "update", zip(every_10th, every_10th), columns)
     example = (behaviour, *(demos.info[k] for k in INFO), true, chosen["hidden"].nll)
     example += (chosen["hidden"].boundary, chosen["revealed"].nll, data.obs)
-    return results, jax.device_get(jax.tree.map(lambda x: x[0, 0], example)), loss_lines
+    example = jax.device_get(jax.tree.map(lambda x: x[0, 0], example))
+    return results, example, loss_lines("action_model", losses)
 
 
 def _summary(args: Args, r: dict) -> str:

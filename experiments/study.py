@@ -75,6 +75,7 @@ __all__ = [
     "config_dict",
     "demonstrations",
     "detection_table",
+    "loss_lines",
     "metric_lines",
     "named_key",
     "parse_env_kwargs",
@@ -235,6 +236,15 @@ def metric_lines(stage: str, index: str, at: Any, columns: Mapping[str, Any]) ->
     (position, value) in ``at``, of ``columns`` {name: [S, N]}."""
     cut = lambda i: {k: np.asarray(c)[:, i].tolist() for k, c in columns.items()}
     return [{"stage": stage, index: value, **cut(i)} for i, value in at]
+
+
+def loss_lines(stage: str, losses: Mapping[str, Any], every: int = 10) -> list[dict]:
+    """Metrics lines ``loss_<name>`` of per-update losses {name: [S, updates]} at every
+    ``every``-th update and the last."""
+    updates = np.shape(next(iter(losses.values())))[1]
+    at = sorted({*range(0, updates, every), updates - 1})
+    columns = {f"loss_{name}": v for name, v in losses.items()}
+    return metric_lines(stage, "update", zip(at, at), columns)
 
 
 def named_key(seed: int, *names: str | int) -> jax.Array:
