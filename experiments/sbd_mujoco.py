@@ -32,7 +32,7 @@ import numpy as np
 
 import envs
 from agents.core import Policy, load_policy
-from agents.hparams import require, stack_configs
+from agents.hparams import require
 from agents.sac import SACConfig, make_sac
 from experiments.plots import (
     figure,
@@ -194,7 +194,7 @@ def main(args: Args) -> dict:
 
 
 def detect(
-    args: Args, actors: list[tuple[Policy, Any]], lap: Laps
+    args: Args, actors: list[tuple[Policy, Any]], lap: Laps | None = None
 ) -> tuple[dict, tuple, list[dict]]:
     """Switching demonstrations of ``actors``, SBD and baselines, scored over all seeds (each
     stage's seconds lapped in ``lap``).
@@ -202,6 +202,7 @@ def detect(
     Returns (results, an example trajectory of seed 0 for the plot, action-model loss lines).
     """
     require(len(actors) >= 2, f"switching needs at least two actors, got {len(actors)}")
+    lap = lap or Laps()
     seed_keys = lambda name: jax.random.split(named_key(args.seed, name), args.seeds)
     # 2. switching demonstrations, all seeds in one program
     env, env_params = envs.make(ENV, backend="native")
@@ -225,26 +226,16 @@ def detect(
     )  # fmt: skip
     lap("action_model_s")
 
-    # 4. segmentation: a sweep of gaps and the chosen gap, both arms; scores per tolerance
-    sweep = stack_configs([args.boundary.replace(gap=g) for g in args.gaps])
-    segment = lambda arm, config: (model, params[arm], obs[arm], data.action, start, config)
-    swept = {arm: sbd.sweep_boundaries(*segment(arm, sweep)) for arm in obs}
-    chosen = {arm: sbd.segment_seeds(*segment(arm, args.boundary)) for arm in obs}
+    # 4. segmentation (a sweep of gaps and the chosen gap, both arms) and its scores; the NLL of
+    # the plain model (memory reset only at episode starts) around true switches
+    baselines = (seed_keys("baselines"), args.fixed_lengths, args.random_rates)
+    scores, chosen = sbd.score_switches(
+        model, params, obs, data.action, start, true, behaviour, args.boundary, args.gaps,
+        args.tolerances, *baselines,
+    )  # fmt: skip
     lap("segmentation_s")
-    by_tolerance = {}
-    for tol in args.tolerances:
-        baselines = (seed_keys("baselines"), tol, args.fixed_lengths, args.random_rates)
-        boundaries = {arm: s.boundary for arm, s in chosen.items()}
-        scores = sbd.detection_scores(swept, true, start, *baselines, chosen=boundaries)
-        by_tolerance[str(tol)] = per_seed(scores) | {"chosen_per_seed": scores["chosen"]}
-
-    # the NLL of the plain model (memory reset only at episode starts) around true switches
-    offsets = np.arange(-10, 31)
-    nll = {a: sbd.plain_nll(model, params[a], o, data.action, start) for a, o in obs.items()}
-    around = {arm: sbd.nll_around_switches(v, true, start, offsets) for arm, v in nll.items()}
-    detected = np.asarray(chosen["hidden"].boundary)
-    kinds = sbd.recall_by_switch(detected, true, start, behaviour, min(args.tolerances))
     upside_down = np.cos(np.asarray(data.obs[..., 1])) < 0  # obs[1] is the torso pitch
+    aligned = {arm: s.pop("aligned").tolist() for arm, s in scores["around"].items()}
     results = {
         "true_boundary_rate": float(np.asarray(true & ~start).mean()),
         "upside_down_fraction": iqm_ci(upside_down.mean((1, 2))),
@@ -252,13 +243,16 @@ def detect(
         "gaps": list(args.gaps),
         "chosen_gap": float(args.boundary.gap),
         "tolerances": list(args.tolerances),
-        "by_tolerance": by_tolerance,
-        "nll_offsets": offsets.tolist(),
-        "nll_aligned": {arm: s["aligned"].tolist() for arm, s in around.items()},
-        "spike": {
-            a: per_seed({k: v for k, v in s.items() if k != "aligned"}) for a, s in around.items()
+        "by_tolerance": {
+            tol: per_seed(s) | {"chosen_per_seed": s["chosen"]}
+            for tol, s in scores["by_tolerance"].items()
         },
-        "recall_by_switch": [k | {"recall": iqm_ci(k["recall"])} for k in kinds],
+        "nll_offsets": list(range(-10, 31)),
+        "nll_aligned": aligned,
+        "spike": per_seed(scores["around"]),
+        "recall_by_switch": [
+            k | {"recall": iqm_ci(k["recall"])} for k in scores["recall_by_switch"]
+        ],
         "action_model_final_loss": {a: iqm_ci(v[:, -50:].mean(1)) for a, v in losses.items()},
     }
     example = (behaviour, *(demos.info[k] for k in INFO), true, chosen["hidden"].nll)

@@ -9,6 +9,7 @@ study aggregates them as it likes (interquartile means with bootstrap CIs in ``e
     swept = sweep_boundaries(model, params, obs, action, start, sweep)      # [S, G, N, T]
     pr = sweep_scores(swept, true, start, tolerance)                        # {metric: [S, G]}
     fixed, rand, rand_at_rate = baseline_scores(true, start, keys, 2, (4, 8), (0.1,))
+    scores, chosen = score_switches(model, params, obs, action, start, true, behaviour, ...)
     goal_params = train_goal_policies(policy_config, action_space, demos, ends, keys)
 """
 
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from agents.hparams import stack_configs
 from agents.replay import Transition
 from envs.core import spaces
 from skills.action_model import ActionModel, ActionModelConfig, make_action_model
@@ -42,6 +44,7 @@ __all__ = [
     "nll_spikes",
     "plain_nll",
     "recall_by_switch",
+    "score_switches",
     "segment",
     "segment_seeds",
     "segmentation_scores",
@@ -330,6 +333,50 @@ def recall_by_switch(
                 recall = (near & kind).sum((1, 2)) / np.maximum(kind.sum((1, 2)), 1)
                 kinds.append({"from": i, "to": j, "count": int(kind.sum()), "recall": recall})
     return kinds
+
+
+def score_switches(
+    model: ActionModel,
+    params: Mapping[str, Any],
+    obs: Mapping[str, jax.Array],
+    action: jax.Array,
+    start: jax.Array,
+    true: jax.Array,
+    behaviour: jax.Array,
+    boundary: BoundaryConfig,
+    gaps: Sequence[float],
+    tolerances: Sequence[int],
+    keys: jax.Array,
+    fixed_lengths: Sequence[int],
+    random_rates: Sequence[float],
+    offsets: Sequence[int] = tuple(range(-10, 31)),
+) -> tuple[dict[str, Any], dict[str, Segmentation]]:
+    """Demonstrations whose behaviour (int [S, N, T]) switches at known steps (``true``),
+    segmented under each view of their observations ({view: [S, N, T, ...]}, the action model
+    ``params`` of each) over a sweep of ``gaps`` and at ``boundary``'s gap, and scored.
+
+    Per-seed scores: ``by_tolerance`` {tolerance: ``detection_scores``, with the chosen gap's
+    under ``chosen``}; ``around`` {view: ``nll_around_switches`` at ``offsets``};
+    ``recall_by_switch`` of the first view at the tightest tolerance. Also returns the
+    segmentations at the chosen gap {view: ``Segmentation`` [S, N, T]}.
+    """
+    sweep = stack_configs([boundary.replace(gap=g) for g in gaps])
+    views = lambda fn, c: {v: fn(model, params[v], o, action, start, c) for v, o in obs.items()}
+    swept, chosen = views(sweep_boundaries, sweep), views(segment_seeds, boundary)
+    cuts = {view: s.boundary for view, s in chosen.items()}
+    scores = {
+        str(tol): detection_scores(
+            swept, true, start, keys, tol, fixed_lengths, random_rates, chosen=cuts
+        )
+        for tol in tolerances
+    }
+    nll = {v: plain_nll(model, params[v], o, action, start) for v, o in obs.items()}
+    first = np.asarray(cuts[next(iter(obs))])
+    return {
+        "by_tolerance": scores,
+        "around": {v: nll_around_switches(x, true, start, offsets) for v, x in nll.items()},
+        "recall_by_switch": recall_by_switch(first, true, start, behaviour, min(tolerances)),
+    }, chosen
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

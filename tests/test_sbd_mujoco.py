@@ -125,4 +125,4 @@ def test_study_detects_switches_between_distinct_behaviours():
     assert strict["best_gap_f1"]["hidden"][0] > strict["fixed_best_f1"][0] + 0.3
     assert results["spike"]["hidden"]["spike"][0] > 5.0
     assert results["spike"]["revealed"]["spike"][0] < 0.5 * results["spike"]["hidden"]["spike"][0]
-    assert len(example) == 7 and example[0].shape == (200,)
+    assert len(example) == 8 and example[0].shape == (200,)
