@@ -115,7 +115,8 @@ def mmd(x: jax.Array, y: jax.Array, bandwidth: float | None = None) -> jax.Array
     """Squared maximum mean discrepancy (biased) between samples x [n, D] and y [m, D] with a
     Gaussian kernel; ``bandwidth`` defaults to the median pairwise distance of both."""
     z = jnp.concatenate([x, y])
-    d2 = jnp.square(z[:, None] - z[None]).sum(-1)
+    sq = jnp.square(z).sum(-1)
+    d2 = jnp.maximum(sq[:, None] + sq[None] - 2 * z @ z.T, 0.0)  # [n + m, n + m], no [.., D]
     h2 = jnp.median(d2) if bandwidth is None else bandwidth**2
     k = jnp.exp(-d2 / jnp.maximum(h2, 1e-12))
     n = x.shape[0]

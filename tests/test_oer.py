@@ -177,6 +177,23 @@ def test_mmd_is_zero_for_one_sample_and_grows_with_a_shift():
     assert float(mmd(x, y)) < float(mmd(x, y + 1.0)) < float(mmd(x, y + 3.0))
 
 
+def test_mmd_matches_a_float64_reference_on_state_like_samples():
+    """Against scipy's pairwise distances in float64, on large-magnitude 17-D samples (where a
+    float32 Gram-matrix shortcut could cancel) and with a given bandwidth."""
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(5.0, 3.0, (400, 17))
+    y = rng.normal(5.5, 3.0, (300, 17))
+    z = np.concatenate([x, y])
+    d2 = cdist(z, z, "sqeuclidean")
+    x32, y32 = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+    for bandwidth, h2 in ((None, np.median(d2)), (2.0, 4.0)):
+        k = np.exp(-d2 / h2)
+        ref = k[:400, :400].mean() + k[400:, 400:].mean() - 2 * k[:400, 400:].mean()
+        assert float(mmd(x32, y32, bandwidth)) == pytest.approx(ref, rel=1e-3, abs=1e-6)
+
+
 def test_bad_sequences_are_named():
     env, params = PENDULUM
     a, b = two_tasks(200)
