@@ -121,17 +121,17 @@ def main(args: Args) -> dict:
     task_params = [default.replace(**tasks[n]) for n in names]
     datasets, refs = [data[n][0] for n in names], [data[n][1] for n in names]
 
-    runs = []  # (label, arm, heads, buffer size)
+    runs = []  # (label, arm, heads, buffer size, the label of its arm over buffer sizes)
     for heads in args.heads:
         for arm in args.arms:
             replays = ARMS[arm][0] in ("replay", "oer")
             suffix = "" if heads == "single" else ", multi-head"
             for size in args.buffer_sizes if replays else (args.continual.buffer_size,):
                 at = f", buffer {size}" if replays and len(args.buffer_sizes) > 1 else ""
-                runs.append((f"{arm}{suffix}{at}", arm, heads, size))
+                runs.append((f"{arm}{suffix}{at}", arm, heads, size, f"{arm}{suffix}"))
 
     scores, returns, states, walls, learners = {}, {}, {}, {}, {}
-    for label, arm, heads, size in runs:
+    for label, arm, heads, size, _ in runs:
         method, selection = ARMS[arm]
         config = args.continual.replace(
             method=method, selection=selection, heads=heads, buffer_size=size
@@ -159,7 +159,7 @@ def main(args: Args) -> dict:
         summary[label] = {k: iqm_ci(v) for k, v in m.items()} | {"per_seed": m}
     distances = {
         label: buffer_distances(args, env, task_params, learners[label], states[label], datasets)
-        for label, arm, _, _ in runs
+        for label, arm, *_ in runs
         if ARMS[arm][0] in ("replay", "oer")
     }
     results = {
@@ -184,9 +184,9 @@ def main(args: Args) -> dict:
         "average normalised score after the last task",
     )
     swept: dict[str, list[str]] = {}  # replaying arm -> its labels, one per buffer size
-    for label, arm, *_ in runs:
+    for label, arm, *_, over_sizes in runs:
         if len(args.buffer_sizes) > 1 and ARMS[arm][0] in ("replay", "oer"):
-            swept.setdefault(label.rpartition(", buffer")[0], []).append(label)
+            swept.setdefault(over_sizes, []).append(label)
     for metric in ("average", "forgetting") if swept else ():
         curves = {
             arm: np.stack([summary[k]["per_seed"][metric] for k in labels], 1)
