@@ -565,6 +565,15 @@ def task_datasets(
             evals = np.asarray(metrics["eval_return"])[0, :, i]
             expert = int(np.argmax(evals))
             rand = float(random_return(params[i], named_key(seed, "random", family, name)))
+            if expert == 0 and level != "random" and evals.size > 1:
+                warnings.warn(
+                    f"task {name!r}: SAC's best snapshot is its first (return {evals[0]:.1f}; the "
+                    f"later ones {evals[1:].max():.1f} at best), so its {level} data come from "
+                    "a barely trained policy; delete "
+                    f"{folder.path} and the datasets, and give SAC more steps "
+                    "(--sac.total-steps, --sac.buffer-size)",
+                    stacklevel=2,
+                )
             medium = medium_snapshot(evals, float(evals[expert]), rand)
             snap = lambda k, i=i: jax.tree.map(lambda x: x[0, i, k], run.params)
             key = named_key(seed, "collect", family, name, level)
