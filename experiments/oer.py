@@ -31,7 +31,7 @@ from agents.evaluation import mmd, transfer_metrics
 from agents.oer import ContinualConfig, make_continual, select_random
 from agents.replay.datasets import collect
 from agents.sac import SACConfig
-from experiments.plots import figure, plot_curves, plot_intervals
+from experiments.plots import plot_curves, plot_heatmaps, plot_intervals
 from experiments.runner import RunFolder, fmt_ci, iqm, iqm_ci, run_chunked
 from experiments.study import Study, StudyArgs, cli, config_dict, task_datasets
 
@@ -238,26 +238,6 @@ def buffer_distances(args, env, task_params, learner, state, datasets) -> dict[s
             out["buffer"][s] += float(mmd(kept, own)) / len(past)
             out["random"][s] += float(mmd(normalize(drawn), own)) / len(past)
     return out
-
-
-def plot_heatmaps(path, matrices: dict[str, list[list[float]]], names: list[str]) -> None:
-    """One heatmap of R (IQM over seeds; row: tasks learned, column: task evaluated) per arm."""
-    cols = min(len(matrices), 4)
-    rows = -(-len(matrices) // cols)
-    with figure(path, ncols=cols, nrows=rows, size=(4.2, 3.8)) as axes:
-        axes = np.ravel([axes])
-        for ax, (label, r) in zip(axes, matrices.items()):
-            image = ax.imshow(np.asarray(r), vmin=0, vmax=100, cmap="viridis")
-            for (i, j), v in np.ndenumerate(np.asarray(r)):
-                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="w")
-            ax.set_title(label, fontsize=9)
-            ax.set_xlabel("evaluated on task")
-            ax.set_ylabel("after learning task")
-            ax.set_xticks(range(len(names)))
-            ax.set_yticks(range(len(names)))
-            ax.figure.colorbar(image, ax=ax, shrink=0.8)
-        for ax in axes[len(matrices) :]:
-            ax.axis("off")
 
 
 def _summary(args: Args, names: list[str], r: dict) -> str:

@@ -211,6 +211,35 @@ def plot_detection(
     plot_curves(path / "f1_vs_gap.png", gaps, f1, "gap (nats)", "F1", "F1 over the gap", best)
 
 
+def plot_heatmaps(
+    path: str | Path,
+    matrices: Mapping[str, Any],
+    names: Sequence[str],
+    xlabel: str = "evaluated on task",
+    ylabel: str = "after learning task",
+    limits: tuple[float, float] = (0.0, 100.0),
+) -> None:
+    """One annotated heatmap per entry of ``matrices`` {label: [len(names), len(names)]} (e.g.
+    a continual learner's normalised return matrix R: row i after learning task i, column j
+    evaluated on task j), colours over ``limits``."""
+    cols = min(len(matrices), 4)
+    rows = -(-len(matrices) // cols)
+    with figure(path, ncols=cols, nrows=rows, size=(4.2, 3.8)) as axes:
+        axes = np.ravel([axes])
+        for ax, (label, r) in zip(axes, matrices.items()):
+            image = ax.imshow(np.asarray(r), vmin=limits[0], vmax=limits[1], cmap="viridis")
+            for (i, j), v in np.ndenumerate(np.asarray(r)):
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="w")
+            ax.set_title(label, fontsize=9)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.set_xticks(range(len(names)))
+            ax.set_yticks(range(len(names)))
+            ax.figure.colorbar(image, ax=ax, shrink=0.8)
+        for ax in axes[len(matrices) :]:
+            ax.axis("off")
+
+
 def mark_boundaries(ax: Any, true: np.ndarray, detected: np.ndarray, fontsize: int = 8) -> None:
     """Vertical lines on ``ax`` at the true (green) and detected (red, dashed) boundary steps of
     one trajectory (bool [T] each; step 0 left out), labelled NLL axes and a legend."""
