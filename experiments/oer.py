@@ -2,7 +2,7 @@
 dataset, learned by every method of ``agents.oer``, with forgetting measured.
 
     python -m experiments.oer                                   # cheetah-vel, medium datasets
-    python -m experiments.oer --sequence walker-dir --sac.total-steps 120000 \
+    python -m experiments.oer --sequence walker-dir --sac.total-steps 120000 \\
         --sac.buffer-size 120000                                # Walker2d needs longer SAC
     python -m experiments.oer --buffer-sizes 100 1000 5000      # the buffer-size sweep
     python -m experiments.oer --heads single multi              # multi-head variants too
