@@ -247,7 +247,7 @@ def detect(
             tol: per_seed(s) | {"chosen_per_seed": s["chosen"]}
             for tol, s in scores["by_tolerance"].items()
         },
-        "nll_offsets": list(range(-10, 31)),
+        "nll_offsets": scores["offsets"],
         "nll_aligned": aligned,
         "spike": per_seed(scores["around"]),
         "recall_by_switch": [

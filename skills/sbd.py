@@ -356,7 +356,7 @@ def score_switches(
     ``params`` of each) over a sweep of ``gaps`` and at ``boundary``'s gap, and scored.
 
     Per-seed scores: ``by_tolerance`` {tolerance: ``detection_scores``, with the chosen gap's
-    under ``chosen``}; ``around`` {view: ``nll_around_switches`` at ``offsets``};
+    under ``chosen``}; ``around`` {view: ``nll_around_switches`` at ``offsets``} (and ``offsets``);
     ``recall_by_switch`` of the first view at the tightest tolerance. Also returns the
     segmentations at the chosen gap {view: ``Segmentation`` [S, N, T]}.
     """
@@ -374,6 +374,7 @@ def score_switches(
     first = np.asarray(cuts[next(iter(obs))])
     return {
         "by_tolerance": scores,
+        "offsets": list(offsets),
         "around": {v: nll_around_switches(x, true, start, offsets) for v, x in nll.items()},
         "recall_by_switch": recall_by_switch(first, true, start, behaviour, min(tolerances)),
     }, chosen
