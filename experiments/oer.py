@@ -21,7 +21,7 @@ states on that task, next to a uniformly drawn buffer of the same size.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jax
 import numpy as np
@@ -73,6 +73,20 @@ ARMS = {
 }
 
 
+class Run(NamedTuple):
+    """One arm at one head setting and buffer size; ``family`` labels it over buffer sizes."""
+
+    label: str
+    arm: str
+    heads: str
+    size: int
+    family: str
+
+    @property
+    def replays(self) -> bool:
+        return ARMS[self.arm][0] in ("replay", "oer")
+
+
 @dataclasses.dataclass
 class Args(StudyArgs):
     out: str = "results/oer"
@@ -122,14 +136,14 @@ def main(args: Args) -> dict:
     task_params = [default.replace(**tasks[n]) for n in names]
     datasets, refs = [data[n][0] for n in names], [data[n][1] for n in names]
 
-    runs = []  # (label, arm, heads, buffer size, the label of its arm over buffer sizes)
+    runs = []
     for heads in args.heads:
         for arm in args.arms:
             replays = ARMS[arm][0] in ("replay", "oer")
             suffix = "" if heads == "single" else ", multi-head"
             for size in args.buffer_sizes if replays else (args.continual.buffer_size,):
                 at = f", buffer {size}" if replays and len(args.buffer_sizes) > 1 else ""
-                runs.append((f"{arm}{suffix}{at}", arm, heads, size, f"{arm}{suffix}"))
+                runs.append(Run(f"{arm}{suffix}{at}", arm, heads, size, f"{arm}{suffix}"))
 
     scores, returns, states, walls, learners = {}, {}, {}, {}, {}
     for label, arm, heads, size, _ in runs:
@@ -158,10 +172,10 @@ def main(args: Args) -> dict:
         m = transfer_metrics(r, single_diag)
         m["new task"] = np.diagonal(r, axis1=1, axis2=2).mean(-1)  # right after learning each
         summary[label] = {k: iqm_ci(v) for k, v in m.items()} | {"per_seed": m}
+    replaying = [run.label for run in runs if run.replays]
     distances = {
-        label: buffer_distances(args, env, task_params, learners[label], states[label], datasets)
-        for label, arm, *_ in runs
-        if ARMS[arm][0] in ("replay", "oer")
+        k: buffer_distances(args, env, task_params, learners[k], states[k], datasets)
+        for k in replaying
     }
     results = {
         "sequence": args.sequence,
@@ -185,9 +199,9 @@ def main(args: Args) -> dict:
         "average normalised score after the last task",
     )
     swept: dict[str, list[str]] = {}  # replaying arm -> its labels, one per buffer size
-    for label, arm, *_, over_sizes in runs:
-        if len(args.buffer_sizes) > 1 and ARMS[arm][0] in ("replay", "oer"):
-            swept.setdefault(over_sizes, []).append(label)
+    for run in runs:
+        if len(args.buffer_sizes) > 1 and run.replays:
+            swept.setdefault(run.family, []).append(run.label)
     for metric in ("average", "forgetting") if swept else ():
         curves = {
             arm: np.stack([summary[k]["per_seed"][metric] for k in labels], 1)

@@ -235,7 +235,6 @@ def detect(
     )  # fmt: skip
     lap("segmentation_s")
     upside_down = np.cos(np.asarray(data.obs[..., 1])) < 0  # obs[1] is the torso pitch
-    aligned = {arm: s.pop("aligned").tolist() for arm, s in scores["around"].items()}
     results = {
         "true_boundary_rate": float(np.asarray(true & ~start).mean()),
         "upside_down_fraction": iqm_ci(upside_down.mean((1, 2))),
@@ -248,7 +247,7 @@ def detect(
             for tol, s in scores["by_tolerance"].items()
         },
         "nll_offsets": scores["offsets"],
-        "nll_aligned": aligned,
+        "nll_aligned": {arm: a.tolist() for arm, a in scores["aligned"].items()},
         "spike": per_seed(scores["around"]),
         "recall_by_switch": [
             k | {"recall": iqm_ci(k["recall"])} for k in scores["recall_by_switch"]

@@ -356,7 +356,8 @@ def score_switches(
     ``params`` of each) over a sweep of ``gaps`` and at ``boundary``'s gap, and scored.
 
     Per-seed scores: ``by_tolerance`` {tolerance: ``detection_scores``, with the chosen gap's
-    under ``chosen``}; ``around`` {view: ``nll_around_switches`` at ``offsets``} (and ``offsets``);
+    under ``chosen``}; ``around`` {view: ``nll_around_switches`` at ``offsets``, less ``aligned``},
+    ``aligned`` {view: its ``aligned`` [S, O]} and ``offsets``;
     ``recall_by_switch`` of the first view at the tightest tolerance. Also returns the
     segmentations at the chosen gap {view: ``Segmentation`` [S, N, T]}.
     """
@@ -372,10 +373,12 @@ def score_switches(
     }
     nll = {v: plain_nll(model, params[v], o, action, start) for v, o in obs.items()}
     first = np.asarray(cuts[next(iter(obs))])
+    around = {v: nll_around_switches(x, true, start, offsets) for v, x in nll.items()}
     return {
         "by_tolerance": scores,
         "offsets": list(offsets),
-        "around": {v: nll_around_switches(x, true, start, offsets) for v, x in nll.items()},
+        "aligned": {v: a["aligned"] for v, a in around.items()},
+        "around": {v: {k: x for k, x in a.items() if k != "aligned"} for v, a in around.items()},
         "recall_by_switch": recall_by_switch(first, true, start, behaviour, min(tolerances)),
     }, chosen
 
