@@ -84,7 +84,12 @@ class Run(NamedTuple):
 
     @property
     def replays(self) -> bool:
-        return ARMS[self.arm][0] in ("replay", "oer")
+        return replays(self.arm)
+
+
+def replays(arm: str) -> bool:
+    """Whether ``arm`` keeps a replay buffer (so it runs at every buffer size)."""
+    return ARMS[arm][0] in ("replay", "oer")
 
 
 @dataclasses.dataclass
@@ -139,10 +144,9 @@ def main(args: Args) -> dict:
     runs = []
     for heads in args.heads:
         for arm in args.arms:
-            replays = ARMS[arm][0] in ("replay", "oer")
             suffix = "" if heads == "single" else ", multi-head"
-            for size in args.buffer_sizes if replays else (args.continual.buffer_size,):
-                at = f", buffer {size}" if replays and len(args.buffer_sizes) > 1 else ""
+            for size in args.buffer_sizes if replays(arm) else (args.continual.buffer_size,):
+                at = f", buffer {size}" if replays(arm) and len(args.buffer_sizes) > 1 else ""
                 runs.append(Run(f"{arm}{suffix}{at}", arm, heads, size, f"{arm}{suffix}"))
 
     scores, returns, states, walls, learners = {}, {}, {}, {}, {}
