@@ -6,6 +6,7 @@ regularise (EWC), replay random or model-selected experience, or do OER (Gai et 
     state, metrics = jax.jit(jax.vmap(learner.train))(keys)                     # many seeds
     params = learner.policy_params(state)                 # {"actor", "head"}: the last task's
     carry, action = learner.policy.act({**params, "head": j}, (), env_obs, key)  # task j's head
+    buffer_mmd(learner, states, env, task_params, datasets)  # per seed: buffers vs own states
 
 Tasks arrive one after another with no environment interaction. One ``update`` is one task:
 ``steps_per_task`` critic steps on its dataset (one ``lax.scan``), a greedy evaluation on every
@@ -53,10 +54,11 @@ from flax.training.train_state import TrainState
 from agents import offline
 from agents.core import Agent, Policy, no_carry, policy_spec
 from agents.dynamics import DynamicsConfig, make_dynamics, select_mbes
-from agents.evaluation import evaluate
+from agents.evaluation import evaluate, mmd
 from agents.hparams import require, require_fields, static, sweepable
 from agents.networks import MLP, dense
 from agents.replay import Transition
+from agents.replay.datasets import collect
 from envs.wrappers import Normalizer
 
 __all__ = [
@@ -64,6 +66,7 @@ __all__ = [
     "ContinualConfig",
     "ContinualState",
     "TaskSequence",
+    "buffer_mmd",
     "continual_policy",
     "make_continual",
     "prepare_sequence",
@@ -614,3 +617,46 @@ def make_continual(
         steps_per_update=config.steps_per_task,
         step_unit="gradient steps",
     )
+
+
+def buffer_mmd(
+    learner: Agent,
+    state: ContinualState,
+    env: Any,
+    task_params: Sequence[Any],
+    datasets: Sequence[Transition],
+    samples: int = 1_000,
+) -> dict[str, np.ndarray]:
+    """How close the kept buffers are to the final policy's own states, per seed [S] of a
+    batched final ``state``: the mean over past tasks of the squared MMD between a task's kept
+    buffer and the greedy policy's states on that task (``buffer``), and the same for a buffer
+    drawn uniformly from the task's dataset (``random``), in the learner's units. Buffers above
+    ``samples`` transitions are represented by ``samples`` of them drawn uniformly."""
+    seeds, size = state.task.shape[0], int(state.buffer.filled[0]) // len(datasets)
+    used = min(size, samples)  # the kernel matrix is [used + own, used + own]
+    units = learner.policy.spec["units"]
+    normalize = lambda x: (np.asarray(x) - units["obs_mean"]) / np.asarray(units["obs_std"])
+    steps = max(samples // 10, 1)
+
+    @jax.jit
+    def own_states(params, env_params, key):  # [steps * 10, D] of the greedy policy
+        act = lambda obs, k: learner.policy.act(params, (), obs, k, True)[1]
+        obs = collect(key, env, env_params, act, steps, 10).obs
+        return obs.reshape(-1, obs.shape[-1])
+
+    out = {"buffer": np.zeros(seeds), "random": np.zeros(seeds)}
+    past = range(len(datasets) - 1)  # the last task's buffer is never replayed
+    for s in range(seeds):
+        params = jax.tree.map(lambda x, s=s: x[s], learner.policy_params(state))
+        for t in past:
+            own = normalize(own_states(params | {"head": t}, task_params[t], jax.random.key(s)))
+            kept = state.buffer.data.obs[s, t * size : (t + 1) * size]
+            if used < size:
+                kept = kept[np.asarray(select_random(jax.random.key(t), size, size, used))]
+            n = datasets[t].reward.shape[0]
+            drawn = np.asarray(datasets[t].obs)[
+                np.asarray(select_random(jax.random.key(t), n, n, used))
+            ]
+            out["buffer"][s] += float(mmd(kept, own)) / len(past)
+            out["random"][s] += float(mmd(normalize(drawn), own)) / len(past)
+    return out

@@ -23,14 +23,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, NamedTuple
 
-import jax
 import numpy as np
 
 import envs
 from agents.dynamics import DynamicsConfig
-from agents.evaluation import mmd, transfer_metrics
-from agents.oer import ContinualConfig, make_continual, select_random
-from agents.replay.datasets import collect
+from agents.evaluation import transfer_metrics
+from agents.oer import ContinualConfig, buffer_mmd, make_continual
 from agents.sac import SACConfig
 from experiments.plots import plot_curves, plot_heatmaps, plot_intervals
 from experiments.runner import RunFolder, fmt_ci, iqm, iqm_ci, run_chunked
@@ -178,7 +176,7 @@ def main(args: Args) -> dict:
         summary[label] = {k: iqm_ci(v) for k, v in m.items()} | {"per_seed": m}
     replaying = [run.label for run in runs if run.replays]
     distances = {
-        k: buffer_distances(args, env, task_params, learners[k], states[k], datasets)
+        k: buffer_mmd(learners[k], states[k], env, task_params, datasets, args.mmd_samples)
         for k in replaying
     }
     results = {
@@ -222,41 +220,6 @@ def main(args: Args) -> dict:
             "tasks learned", f"normalised score on {name}", f"{args.sequence}: task {j} ({name})",
         )  # fmt: skip
     return study.finish(results, _summary(args, names, results))
-
-
-def buffer_distances(args, env, task_params, learner, state, datasets) -> dict[str, np.ndarray]:
-    """Per seed [S]: the mean over past tasks of the squared MMD between the kept buffer's
-    states and the final policy's own states on that task (``buffer``), and the same for a
-    uniformly drawn buffer of the same size (``random``), in the learner's units. Buffers above
-    ``mmd_samples`` transitions are represented by ``mmd_samples`` of them drawn uniformly."""
-    size = int(state.buffer.filled[0]) // len(datasets)
-    used = min(size, args.mmd_samples)  # the kernel matrix is [used + own, used + own]
-    units = learner.policy.spec["units"]
-    normalize = lambda x: (np.asarray(x) - units["obs_mean"]) / np.asarray(units["obs_std"])
-    steps = max(args.mmd_samples // 10, 1)
-
-    @jax.jit
-    def own_states(params, env_params, key):  # [steps * 10, D] of the greedy policy
-        act = lambda obs, k: learner.policy.act(params, (), obs, k, True)[1]
-        obs = collect(key, env, env_params, act, steps, 10).obs
-        return obs.reshape(-1, obs.shape[-1])
-
-    out = {"buffer": np.zeros(args.seeds), "random": np.zeros(args.seeds)}
-    past = range(len(datasets) - 1)  # the last task's buffer is never replayed
-    for s in range(args.seeds):
-        params = jax.tree.map(lambda x, s=s: x[s], learner.policy_params(state))
-        for t in past:
-            own = normalize(own_states(params | {"head": t}, task_params[t], jax.random.key(s)))
-            kept = state.buffer.data.obs[s, t * size : (t + 1) * size]
-            if used < size:
-                kept = kept[np.asarray(select_random(jax.random.key(t), size, size, used))]
-            n = datasets[t].reward.shape[0]
-            drawn = np.asarray(datasets[t].obs)[
-                np.asarray(select_random(jax.random.key(t), n, n, used))
-            ]
-            out["buffer"][s] += float(mmd(kept, own)) / len(past)
-            out["random"][s] += float(mmd(normalize(drawn), own)) / len(past)
-    return out
 
 
 def _summary(args: Args, names: list[str], r: dict) -> str:

@@ -5,6 +5,7 @@
     with figure(path, ncols=2) as (left, right): ...       # any other plot, saved and closed
     write_gif(path, frames [T, H, W, 3])                   # a policy's video (study.write_video)
     segment_strip(path, frames [T, H, W, 3], boundary [T]) # frames framed by detected segment
+    plot_segmented(path, {"NLL": nll [T]}, true [T], detected [T])  # one segmented trajectory
 
 Curves and intervals are the interquartile mean over seeds with 95% stratified-bootstrap
 confidence intervals, as ``experiments.runner.iqm_ci`` reports them in tables.
@@ -34,7 +35,9 @@ __all__ = [
     "plot_intervals",
     "plot_pr",
     "plot_profiles",
+    "plot_segmented",
     "segment_strip",
+    "segment_video",
     "write_gif",
 ]
 
@@ -240,15 +243,45 @@ def plot_heatmaps(
             ax.axis("off")
 
 
-def mark_boundaries(ax: Any, true: np.ndarray, detected: np.ndarray, fontsize: int = 8) -> None:
-    """Vertical lines on ``ax`` at the true (green) and detected (red, dashed) boundary steps of
-    one trajectory (bool [T] each; step 0 left out), labelled NLL axes and a legend."""
-    for i, b in enumerate(np.flatnonzero(true[1:]) + 1):
-        ax.axvline(b, color="g", alpha=0.6, label="true switch" if i == 0 else None)
-    for i, b in enumerate(np.flatnonzero(detected[1:]) + 1):
-        ax.axvline(b, color="r", ls="--", alpha=0.8, label="detected" if i == 0 else None)
-    ax.set(xlabel="step", ylabel="nats")
-    ax.legend(loc="upper right", fontsize=fontsize)
+def plot_segmented(
+    path: str | Path,
+    nll: Mapping[str, np.ndarray],
+    true: np.ndarray,
+    detected: np.ndarray,
+    behaviour: np.ndarray | None = None,
+    names: Sequence[str] = (),
+    signals: Mapping[str, np.ndarray] | None = None,
+) -> None:
+    """One trajectory's NLL curves {label: [T]} with its true (green) and detected (red, dashed)
+    boundaries (bool [T]; step 0 left out); with ``behaviour`` (int [T], ``names`` its labels), a
+    panel above shading the acting behaviour under ``signals`` {label: [T]}."""
+    rows = 1 if behaviour is None else 2
+    with figure(path, nrows=rows, size=(9, 3) if rows == 1 else (11, 2.75)) as axes:
+        ax = axes if rows == 1 else axes[1]
+        if behaviour is not None:
+            steps, top = np.arange(len(behaviour)), axes[0]
+            shade = {"alpha": 0.15, "step": "post", "transform": top.get_xaxis_transform()}
+            for b, name in enumerate(names):
+                top.fill_between(steps, -1, 1, where=behaviour == b, label=name, **shade)
+            for (label, y), colour in zip((signals or {}).items(), "km"):
+                top.plot(steps, y, colour, lw=1, label=label)
+            top.legend(loc="upper right", fontsize=7, ncol=5)
+        for label, y in nll.items():
+            ax.plot(np.arange(len(y)), y, lw=1, label=label)
+        for i, b in enumerate(np.flatnonzero(true[1:]) + 1):
+            ax.axvline(b, color="g", alpha=0.6, label="true switch" if i == 0 else None)
+        for i, b in enumerate(np.flatnonzero(detected[1:]) + 1):
+            ax.axvline(b, color="r", ls="--", alpha=0.8, label="detected" if i == 0 else None)
+        ax.set(xlabel="step", ylabel="nats")
+        ax.legend(loc="upper right", fontsize=7)
+
+
+def segment_video(folder: str | Path, frames: np.ndarray, boundary: np.ndarray) -> None:
+    """``folder/segments.png`` (about 24 of ``frames`` [T, H, W, 3], framed by the segments that
+    ``boundary`` [T] opens) and ``folder/demonstration.gif`` (all of them)."""
+    frames, folder = np.asarray(frames), Path(folder)
+    segment_strip(folder / "segments.png", frames, boundary, len(frames) // 24 or 1)
+    write_gif(folder / "demonstration.gif", frames)
 
 
 def write_gif(path: str | Path, frames: np.ndarray, fps: int = 25, width: int = 240) -> Path:

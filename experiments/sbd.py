@@ -29,7 +29,7 @@ import envs
 from agents.hparams import stack_configs
 from agents.replay import Transition
 from envs.gridworlds.multi_skill import check_params, rollout_expert
-from experiments.plots import figure, mark_boundaries, plot_detection, segment_strip, write_gif
+from experiments.plots import figure, plot_detection, plot_segmented, segment_video
 from experiments.runner import Laps, fmt_ci, iqm_ci
 from experiments.study import (
     Study,
@@ -40,6 +40,7 @@ from experiments.study import (
     metric_lines,
     parse_env_kwargs,
     per_seed,
+    spike_table,
 )
 from skills import sbd
 from skills.action_model import ActionModelConfig, episode_starts
@@ -207,8 +208,7 @@ def main(args: Args) -> dict:
         first = jax.random.split(study.seed_keys("demos")[0], args.num_demos)[0]
         _, frames = rollout_expert(first, env, hidden, steps, render=True)
         n = min(args.video, steps)
-        segment_strip(study.path / "segments.png", frames[:n], example[3][:n], n // 24 or 1)
-        write_gif(study.path / "demonstration.gif", np.asarray(frames[:n]))
+        segment_video(study.path, frames[:n], example[3][:n])
     return study.finish(results, _summary(args, results))
 
 
@@ -232,8 +232,8 @@ def _summary(args: Args, r: dict) -> str:
         f"+-{args.tolerance} steps, one-to-one; scored on {args.eval_demos} trajectories/seed.\n",
         *detection_table(r, ARM_LABELS, gap, chosen),
         f"| events only | {cells(r['events_only'], ('precision', 'recall', 'f1'))} |",
-        "\n| action model | NLL at true switches | NLL elsewhere | spike |\n|---|---|---|---|",
-        *(f"| skill {a} | {cells(spike[a], spike[a])} |" for a in ("hidden", "revealed")),
+        "",
+        *spike_table(spike, "skill"),
         "\n| goal-conditioned policy trained on | mean segment | per-skill success | "
         "hierarchical tour: success | tour: objects reached |\n|---|---|---|---|---|",
     ]
@@ -266,9 +266,8 @@ def _plots(study: Study, r: dict, example: Any = None) -> None:
     if example is None:  # replotting from results.json: no example trajectory
         return
     true, start, nll, detected = example  # an example trajectory of seed 0
-    with figure(path / "example_trajectory.png", size=(9, 3)) as ax:
-        ax.plot(np.arange(nll.shape[0]), nll, label="NLL (memory reset at detected boundaries)")
-        mark_boundaries(ax, true & ~start, detected & ~start)
+    nlls = {"NLL (memory reset at detected boundaries)": nll}
+    plot_segmented(path / "example_trajectory.png", nlls, true & ~start, detected & ~start)
 
 
 def paper() -> Args:
@@ -279,12 +278,7 @@ def paper() -> Args:
         num_demos=8192,
         eval_demos=2048,
         model=ActionModelConfig(
-            embed=(128,),
-            gru_hidden=128,
-            head=(128,),
-            total_steps=16_000,
-            batch_size=128,
-            lr=1e-3,
+            embed=(128,), gru_hidden=128, head=(128,), total_steps=16_000, batch_size=128, lr=1e-3
         ),
         boundary=BoundaryConfig(gap=0.75, min_len=2, max_len=12_800),
         policy=GoalPolicyConfig(hidden=(256, 256), total_steps=30_000, batch_size=256),

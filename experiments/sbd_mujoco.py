@@ -34,14 +34,7 @@ import envs
 from agents.core import Policy, load_policy
 from agents.hparams import require
 from agents.sac import SACConfig, make_sac
-from experiments.plots import (
-    figure,
-    mark_boundaries,
-    plot_curves,
-    plot_detection,
-    segment_strip,
-    write_gif,
-)
+from experiments.plots import plot_curves, plot_detection, plot_segmented, segment_video
 from experiments.runner import Laps, RunFolder, fmt_ci, iqm_ci
 from experiments.study import (
     Study,
@@ -53,6 +46,7 @@ from experiments.study import (
     loss_lines,
     named_key,
     per_seed,
+    spike_table,
     train_policy,
 )
 from skills import sbd
@@ -185,9 +179,7 @@ def main(args: Args) -> dict:
         n = min(args.video, args.demo_steps)
         draw = jax.jit(jax.vmap(lambda o: env.render(env.state_from_observation(o))))
         with cannot_render() as failed:
-            frames = np.asarray(draw(jnp.asarray(example[-1][:n])))
-            segment_strip(study.path / "segments.png", frames, example[5][:n], n // 24 or 1)
-            write_gif(study.path / "demonstration.gif", frames)
+            segment_video(study.path, draw(jnp.asarray(example[-1][:n])), example[5][:n])
         if failed:
             print(f"no segment strip: {failed[0]}")
     return study.finish(results, _summary(args, results))
@@ -289,12 +281,8 @@ def _summary(args: Args, r: dict) -> str:
             f"| {names[k['from']]} -> {names[k['to']]} | {k['count']} | {fmt_ci(k['recall'])} |"
             for k in r["recall_by_switch"]
         ),
-        "\n| action model | NLL at switch | peak NLL within 10 steps | NLL elsewhere | spike "
-        "(peak - elsewhere) |\n|---|---|---|---|---|",
-        *(
-            f"| behaviour {arm} | {' | '.join(fmt_ci(v) for v in s.values())} |"
-            for arm, s in r["spike"].items()
-        ),
+        "",
+        *spike_table(r["spike"], "behaviour"),
         "\nTiming (s): " + ", ".join(f"{k} {v:.0f}" for k, v in r["timing"].items()) + ".",
     ]
     return "\n".join(lines) + "\n"
@@ -311,18 +299,10 @@ def _plots(study: Study, r: dict, example: Any = None) -> None:
     if example is None:
         return
     behaviour, x_velocity, height, true, nll, detected, nll_revealed, _ = example
-    steps = np.arange(behaviour.shape[0])
-    with figure(path / "example_trajectory.png", nrows=2, size=(11, 2.75)) as (top, bottom):
-        shade = {"alpha": 0.15, "step": "post", "transform": top.get_xaxis_transform()}
-        for b, name in enumerate(r["behaviours"]):
-            top.fill_between(steps, -1, 1, where=behaviour == b, color=f"C{b}", label=name, **shade)
-        top.plot(steps, x_velocity, "k", lw=1, label="x velocity")
-        top.plot(steps, 10 * height, "m", lw=1, label="10 x root height")
-        top.set_ylabel("m/s, m")
-        top.legend(loc="upper right", fontsize=7, ncol=5)
-        bottom.plot(steps, nll, lw=1, label="NLL (memory reset at detected boundaries)")
-        bottom.plot(steps, nll_revealed, lw=1, color="gray", alpha=0.7, label="NLL, revealed")
-        mark_boundaries(bottom, true, detected, fontsize=7)
+    nlls = {"NLL (memory reset at detected boundaries)": nll, "NLL, revealed": nll_revealed}
+    signals = {"x velocity": x_velocity, "10 x root height": 10 * height}
+    out, names = path / "example_trajectory.png", list(r["behaviours"])
+    plot_segmented(out, nlls, true, detected, behaviour, names, signals)
 
 
 def paper() -> Args:
@@ -333,12 +313,7 @@ def paper() -> Args:
         policy_eval_episodes=20,
         num_demos=512,
         model=ActionModelConfig(
-            embed=(256,),
-            gru_hidden=256,
-            head=(256,),
-            total_steps=10_000,
-            batch_size=64,
-            lr=1e-3,
+            embed=(256,), gru_hidden=256, head=(256,), total_steps=10_000, batch_size=64, lr=1e-3
         ),
         boundary=BoundaryConfig(gap=12.0, min_len=2, max_len=12_800),
     )

@@ -82,6 +82,7 @@ __all__ = [
     "per_seed",
     "sac_experts",
     "seedwise",
+    "spike_table",
     "task_datasets",
     "train_policy",
     "write_video",
@@ -210,6 +211,26 @@ def detection_table(
         oracle("fixed length, best length per seed", scores["fixed_best_f1"]),
         row("random at the true rate (oracle)", scores["random_at_true_rate"]),
         oracle("random, best rate per seed", scores["random_best_f1"]),
+    ]
+
+
+SPIKE_COLUMNS = {
+    "nll_at_switch": "NLL at true switches",
+    "peak_within_10": "peak NLL within 10 steps",
+    "nll_elsewhere": "NLL elsewhere",
+    "spike": "spike",
+}
+
+
+def spike_table(spikes: Mapping[str, Mapping[str, Any]], what: str) -> list[str]:
+    """The markdown rows of the action models' NLL spikes {arm: {metric: (iqm, lo, hi)}} (from
+    ``skills.sbd.nll_spikes`` or ``nll_around_switches``), a row per arm labelled ``what arm``."""
+    keys = [k for k in SPIKE_COLUMNS if k in next(iter(spikes.values()))]
+    row = lambda first, cells: f"| {first} | " + " | ".join(cells) + " |"
+    return [
+        row("action model", (SPIKE_COLUMNS[k] for k in keys)),
+        "|---" * (len(keys) + 1) + "|",
+        *(row(f"{what} {a}", (fmt_ci(s[k]) for k in keys)) for a, s in spikes.items()),
     ]
 
 
