@@ -6,7 +6,7 @@ regularise (EWC), replay random or model-selected experience, or do OER (Gai et 
     state, metrics = jax.jit(jax.vmap(learner.train))(keys)                     # many seeds
     params = learner.policy_params(state)                 # {"actor", "head"}: the last task's
     carry, action = learner.policy.act({**params, "head": j}, (), env_obs, key)  # task j's head
-    buffer_mmd(learner, states, env, task_params, datasets)  # per seed: buffers vs own states
+    buffer_distances(learner, states, env, task_params, datasets)  # per seed: buffer MMD
 
 Tasks arrive one after another with no environment interaction. One ``update`` is one task:
 ``steps_per_task`` critic steps on its dataset (one ``lax.scan``), a greedy evaluation on every
@@ -66,7 +66,7 @@ __all__ = [
     "ContinualConfig",
     "ContinualState",
     "TaskSequence",
-    "buffer_mmd",
+    "buffer_distances",
     "continual_policy",
     "make_continual",
     "prepare_sequence",
@@ -619,7 +619,7 @@ def make_continual(
     )
 
 
-def buffer_mmd(
+def buffer_distances(
     learner: Agent,
     state: ContinualState,
     env: Any,
@@ -627,11 +627,16 @@ def buffer_mmd(
     datasets: Sequence[Transition],
     samples: int = 1_000,
 ) -> dict[str, np.ndarray]:
-    """How close the kept buffers are to the final policy's own states, per seed [S] of a
-    batched final ``state``: the mean over past tasks of the squared MMD between a task's kept
-    buffer and the greedy policy's states on that task (``buffer``), and the same for a buffer
-    drawn uniformly from the task's dataset (``random``), in the learner's units. Buffers above
-    ``samples`` transitions are represented by ``samples`` of them drawn uniformly."""
+    """How the kept buffers sit between the final policy's own states and the task's data, per
+    seed [S] of a batched final ``state``, each a mean over past tasks, in the learner's units:
+
+    - ``buffer``: the squared MMD between a task's kept buffer and the greedy policy's states on
+      that task; ``random``: the same for a buffer drawn uniformly from the task's dataset
+      (buffers above ``samples`` transitions are represented by ``samples`` of them);
+    - ``coverage``: the mean distance from a dataset state (``samples`` drawn uniformly) to its
+      nearest kept state (lower: the buffer covers more of the task's data);
+      ``coverage_random``: the same for the uniform buffer.
+    """
     seeds, size = state.task.shape[0], int(state.buffer.filled[0]) // len(datasets)
     used = min(size, samples)  # the kernel matrix is [used + own, used + own]
     units = learner.policy.spec["units"]
@@ -644,19 +649,27 @@ def buffer_mmd(
         obs = collect(key, env, env_params, act, steps, 10).obs
         return obs.reshape(-1, obs.shape[-1])
 
-    out = {"buffer": np.zeros(seeds), "random": np.zeros(seeds)}
+    @jax.jit
+    def nearest(x, y):  # mean over x [N, D] of the distance to the nearest row of y [M, D]
+        d2 = jnp.sum(x**2, 1)[:, None] + jnp.sum(y**2, 1)[None] - 2 * x @ y.T
+        return jnp.sqrt(jnp.maximum(d2.min(1), 0.0)).mean()
+
+    def draw(data, key, num):  # num distinct rows of data [N, D]
+        return data[np.asarray(select_random(key, len(data), len(data), num))]
+
+    out = {k: np.zeros(seeds) for k in ("buffer", "random", "coverage", "coverage_random")}
     past = range(len(datasets) - 1)  # the last task's buffer is never replayed
     for s in range(seeds):
         params = jax.tree.map(lambda x, s=s: x[s], learner.policy_params(state))
         for t in past:
             own = normalize(own_states(params | {"head": t}, task_params[t], jax.random.key(s)))
             kept = state.buffer.data.obs[s, t * size : (t + 1) * size]
-            if used < size:
-                kept = kept[np.asarray(select_random(jax.random.key(t), size, size, used))]
-            n = datasets[t].reward.shape[0]
-            drawn = np.asarray(datasets[t].obs)[
-                np.asarray(select_random(jax.random.key(t), n, n, used))
-            ]
-            out["buffer"][s] += float(mmd(kept, own)) / len(past)
-            out["random"][s] += float(mmd(normalize(drawn), own)) / len(past)
+            data = normalize(datasets[t].obs)
+            drawn = draw(data, jax.random.key(t), size)  # a uniform buffer of the same size
+            probe = draw(data, jax.random.fold_in(jax.random.key(t), 1), samples)
+            subset = draw(kept, jax.random.key(t), used) if used < size else kept
+            out["buffer"][s] += float(mmd(subset, own)) / len(past)
+            out["random"][s] += float(mmd(drawn[:used], own)) / len(past)
+            out["coverage"][s] += float(nearest(probe, kept)) / len(past)
+            out["coverage_random"][s] += float(nearest(probe, drawn)) / len(past)
     return out

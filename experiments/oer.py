@@ -28,7 +28,7 @@ import numpy as np
 import envs
 from agents.dynamics import DynamicsConfig
 from agents.evaluation import transfer_metrics
-from agents.oer import ContinualConfig, buffer_mmd, make_continual
+from agents.oer import ContinualConfig, buffer_distances, make_continual
 from agents.sac import SACConfig
 from experiments.plots import plot_curves, plot_heatmaps, plot_intervals
 from experiments.runner import RunFolder, fmt_ci, iqm, iqm_ci, run_chunked
@@ -176,7 +176,7 @@ def main(args: Args) -> dict:
         summary[label] = {k: iqm_ci(v) for k, v in m.items()} | {"per_seed": m}
     replaying = [run.label for run in runs if run.replays]
     distances = {
-        k: buffer_mmd(learners[k], states[k], env, task_params, datasets, args.mmd_samples)
+        k: buffer_distances(learners[k], states[k], env, task_params, datasets, args.mmd_samples)
         for k in replaying
     }
     results = {
@@ -190,9 +190,9 @@ def main(args: Args) -> dict:
             for k, v in scores.items()
         },
         "summary": {k: {m: v for m, v in s.items() if m != "per_seed"} for k, s in summary.items()},
-        "mmd": {k: {m: iqm_ci(v) for m, v in d.items()} for k, d in distances.items()},
+        "buffers": {k: {m: iqm_ci(v) for m, v in d.items()} for k, d in distances.items()},
         "wall_s_per_arm": walls,
-        "per_seed": {"score": scores, "return": returns, "mmd": distances},
+        "per_seed": {"score": scores, "return": returns, "buffers": distances},
     }
     plot_heatmaps(study.path / "R.png", results["R"], names)
     plot_intervals(
@@ -238,15 +238,19 @@ def _summary(args: Args, names: list[str], r: dict) -> str:
             f"| {label} | {cell('average')} | {cell('bwt')} | {cell('forgetting')} | "
             f"{cell('fwt')} | {cell('new task')} |"
         )
-    if r["mmd"]:
+    if r["buffers"]:
         lines += [
-            "\nSquared MMD between each past task's buffer and the final policy's states on it "
-            "(lower: closer to the policy's own distribution):\n",
-            "| arm | kept buffer | uniform buffer of the same size |",
-            "|---|---|---|",
+            "\nEach past task's kept buffer against a uniformly drawn one of the same size: the "
+            "squared MMD to the final policy's states on the task (lower: closer to the policy's "
+            "own distribution) and the mean distance from a dataset state to its nearest buffer "
+            "state (lower: covers more of the task's data):\n",
+            "| arm | MMD, kept | MMD, uniform | coverage distance, kept | coverage distance, "
+            "uniform |",
+            "|---|---|---|---|---|",
             *(
-                f"| {k} | {fmt_ci(d['buffer'], 3)} | {fmt_ci(d['random'], 3)} |"
-                for k, d in r["mmd"].items()
+                f"| {k} | {fmt_ci(d['buffer'], 3)} | {fmt_ci(d['random'], 3)} | "
+                f"{fmt_ci(d['coverage'], 2)} | {fmt_ci(d['coverage_random'], 2)} |"
+                for k, d in r["buffers"].items()
             ),
         ]
     return "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ import envs
 from agents.checkpoint import Checkpointer
 from agents.dynamics import DynamicsConfig, select_mbes
 from agents.evaluation import mmd, transfer_metrics
-from agents.oer import ContinualConfig, make_continual
+from agents.oer import ContinualConfig, buffer_distances, make_continual
 from agents.replay import Transition
 from experiments.runner import RunFolder, run_chunked
 
@@ -93,6 +93,24 @@ def test_more_clone_steps_keep_the_clone_closer_to_the_learning_policy():
     assert (losses[4] < losses[1]).all(), losses
     with pytest.raises(ValueError, match="clone_steps"):
         config.replace(clone_steps=0).validate()
+
+
+def test_a_buffer_of_one_repeated_state_covers_less_than_a_uniform_one():
+    """``buffer_distances``: a uniformly selected buffer covers its task's data about as well as
+    another uniform draw; the same buffer collapsed onto one state covers it far worse."""
+    data, (env, params) = two_tasks(), PENDULUM
+    config = TINY.replace(method="replay", selection="random", steps_per_task=20)
+    learner = make_continual(config, data, env, [params] * 2)
+    keys = jax.random.split(jax.random.key(0), 2)
+    state, _ = jax.jit(jax.vmap(learner.train))(keys)
+    uniform = buffer_distances(learner, state, env, [params] * 2, data, samples=200)
+    assert set(uniform) == {"buffer", "random", "coverage", "coverage_random"}
+    np.testing.assert_allclose(uniform["coverage"], uniform["coverage_random"], rtol=0.2)
+    obs = state.buffer.data.obs  # [S, 2 * size, D]: task A's slots first
+    one = obs.at[:, : config.buffer_size].set(obs[:, :1])
+    state = state._replace(buffer=state.buffer._replace(data=state.buffer.data._replace(obs=one)))
+    collapsed = buffer_distances(learner, state, env, [params] * 2, data, samples=200)
+    assert (collapsed["coverage"] > 2 * collapsed["coverage_random"]).all(), collapsed
 
 
 def test_a_run_stopped_between_tasks_resumes_to_the_same_result(tmp_path, monkeypatch):

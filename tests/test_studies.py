@@ -480,7 +480,7 @@ def test_oer(tmp_path):
     results = run_study("oer", tmp_path / "study", *argv)
     swept = [f"OER (MBES + DBC), multi-head, buffer {n}" for n in (10, 20)]
     assert set(results["summary"]) == {*swept, "single-task, multi-head"}
-    assert set(results["mmd"]) == set(swept)
+    assert set(results["buffers"]) == set(swept)
     assert np.shape(results["R"]["single-task, multi-head"]) == (5, 5)
     for plot in ("R.png", "buffer_average.png", "buffer_forgetting.png"):
         assert (tmp_path / "study" / plot).exists()
