@@ -111,12 +111,18 @@ def transfer_metrics(scores: Any, single: Any = None) -> dict[str, np.ndarray]:
     return out
 
 
+def sq_distances(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Squared Euclidean distances [N, M] between the rows of x [N, D] and y [M, D] (no
+    [N, M, D] intermediate)."""
+    sx, sy = jnp.square(x).sum(-1), jnp.square(y).sum(-1)
+    return jnp.maximum(sx[:, None] + sy[None] - 2 * x @ y.T, 0.0)
+
+
 def mmd(x: jax.Array, y: jax.Array, bandwidth: float | None = None) -> jax.Array:
     """Squared maximum mean discrepancy (biased) between samples x [n, D] and y [m, D] with a
     Gaussian kernel; ``bandwidth`` defaults to the median pairwise distance of both."""
     z = jnp.concatenate([x, y])
-    sq = jnp.square(z).sum(-1)
-    d2 = jnp.maximum(sq[:, None] + sq[None] - 2 * z @ z.T, 0.0)  # [n + m, n + m], no [.., D]
+    d2 = sq_distances(z, z)  # [n + m, n + m]
     h2 = jnp.median(d2) if bandwidth is None else bandwidth**2
     k = jnp.exp(-d2 / jnp.maximum(h2, 1e-12))
     n = x.shape[0]

@@ -54,7 +54,7 @@ from flax.training.train_state import TrainState
 from agents import offline
 from agents.core import Agent, Policy, no_carry, policy_spec
 from agents.dynamics import DynamicsConfig, make_dynamics, select_mbes
-from agents.evaluation import evaluate, mmd
+from agents.evaluation import evaluate, mmd, sq_distances
 from agents.hparams import require, require_fields, static, sweepable
 from agents.networks import MLP, dense
 from agents.replay import Transition
@@ -649,27 +649,25 @@ def buffer_distances(
         obs = collect(key, env, env_params, act, steps, 10).obs
         return obs.reshape(-1, obs.shape[-1])
 
-    @jax.jit
-    def nearest(x, y):  # mean over x [N, D] of the distance to the nearest row of y [M, D]
-        d2 = jnp.sum(x**2, 1)[:, None] + jnp.sum(y**2, 1)[None] - 2 * x @ y.T
-        return jnp.sqrt(jnp.maximum(d2.min(1), 0.0)).mean()
+    # mean over x [N, D] of the distance to the nearest row of y [M, D]
+    nearest = jax.jit(lambda x, y: jnp.sqrt(sq_distances(x, y).min(1)).mean())
 
     def draw(data, key, num):  # num distinct rows of data [N, D]
         return data[np.asarray(select_random(key, len(data), len(data), num))]
 
-    out = {k: np.zeros(seeds) for k in ("buffer", "random", "coverage", "coverage_random")}
     past = range(len(datasets) - 1)  # the last task's buffer is never replayed
+    data = [normalize(datasets[t].obs) for t in past]
+    drawn = [draw(data[t], jax.random.key(t), size) for t in past]  # uniform, same size
+    probe = [draw(data[t], jax.random.fold_in(jax.random.key(t), 1), samples) for t in past]
+    out = {k: np.zeros(seeds) for k in ("buffer", "random", "coverage", "coverage_random")}
     for s in range(seeds):
         params = jax.tree.map(lambda x, s=s: x[s], learner.policy_params(state))
         for t in past:
             own = normalize(own_states(params | {"head": t}, task_params[t], jax.random.key(s)))
             kept = state.buffer.data.obs[s, t * size : (t + 1) * size]
-            data = normalize(datasets[t].obs)
-            drawn = draw(data, jax.random.key(t), size)  # a uniform buffer of the same size
-            probe = draw(data, jax.random.fold_in(jax.random.key(t), 1), samples)
             subset = draw(kept, jax.random.key(t), used) if used < size else kept
             out["buffer"][s] += float(mmd(subset, own)) / len(past)
-            out["random"][s] += float(mmd(drawn[:used], own)) / len(past)
-            out["coverage"][s] += float(nearest(probe, kept)) / len(past)
-            out["coverage_random"][s] += float(nearest(probe, drawn)) / len(past)
+            out["random"][s] += float(mmd(drawn[t][:used], own)) / len(past)
+            out["coverage"][s] += float(nearest(probe[t], kept)) / len(past)
+            out["coverage_random"][s] += float(nearest(probe[t], drawn[t])) / len(past)
     return out
