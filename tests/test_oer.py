@@ -9,6 +9,7 @@ import pytest
 
 import envs
 from agents.checkpoint import Checkpointer
+from agents.core import export_policy, load_policy
 from agents.dynamics import DynamicsConfig, select_mbes
 from agents.evaluation import mmd, transfer_metrics
 from agents.oer import ContinualConfig, buffer_distances, make_continual
@@ -67,6 +68,13 @@ def test_replay_and_oer_remember_the_first_task_and_fine_tuning_forgets(
         assert (torque > 1.0).all(), torque
     else:
         assert (torque < 0.5).all(), torque
+    # the policy for task A exports and acts the same loaded, without the trainer
+    one = {**jax.tree.map(lambda x: x[0], learner.policy_params(state)), "head": np.int32(0)}
+    export_policy(tmp_path / "policy", learner.policy, one, {"task": "A"})
+    policy, loaded, meta = load_policy(tmp_path / "policy")
+    act = lambda pol, p: np.asarray(pol.act(p, (), data[0].obs[:8], jax.random.key(0), True)[1])
+    np.testing.assert_allclose(act(policy, loaded), act(learner.policy, one), rtol=0, atol=0)
+    assert meta["task"] == "A"
     if method == "oer":  # the learning policy itself forgets; the clone is what remembers
         learning = {"actor": state.actor.params, "head": np.zeros(2, np.int32)}
         act = lambda p: learner.policy.act(p, (), data[0].obs, jax.random.key(0), True)[1]
