@@ -52,10 +52,11 @@ def check_action(space: spaces.Space, action: Any, env_name: str = "environment"
                 f"{jnp.result_type(action)}; cast with action.astype(jnp.int32)."
             )
         message = f"{env_name}: discrete action {{}} is outside [0, {space.n})"
-        if is_concrete(action) and not 0 <= int(action) < space.n:
-            raise ValueError(message.format(int(action)))
-        # traced: checked when the caller asks, under jax.experimental.checkify.checkify
-        checkify.check((action >= 0) & (action < space.n), message, action, debug=True)
+        if is_concrete(action):
+            if not 0 <= int(action) < space.n:
+                raise ValueError(message.format(int(action)))
+        else:  # traced: checked when the caller asks, under jax.experimental.checkify.checkify
+            checkify.check((action >= 0) & (action < space.n), message, action, debug=True)
     elif isinstance(space, spaces.Box):
         if shape != tuple(space.shape):
             raise ValueError(

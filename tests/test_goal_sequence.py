@@ -296,3 +296,12 @@ def test_bad_actions_raise() -> None:
         ENV.step(jax.random.key(0), state, jnp.zeros(2, jnp.int32), PARAMS)
     with pytest.raises(ValueError, match="integer"):
         ENV.step(jax.random.key(0), state, jnp.float32(1.0), PARAMS)
+    with pytest.raises(ValueError, match="outside"):
+        ENV.step(jax.random.key(0), state, 7, PARAMS)
+
+
+def test_a_python_int_action_steps() -> None:
+    """The README's first snippet: ``env.step(key, state, 2, params)`` with a plain int."""
+    state = reset(jax.random.key(0), PARAMS)[1]
+    stepped = ENV.step(jax.random.key(1), state, 2, PARAMS)[1]
+    assert int(stepped.time) == 1
