@@ -337,8 +337,11 @@ def make_continual(
     if ref_scores is None:
         refs = np.array([[0.0, 100.0]] * num_tasks, np.float32)  # scores = returns
     else:
+        shape = np.shape(np.asarray(ref_scores, dtype=object))
         require(
-            len(ref_scores) == num_tasks, f"give (random, expert) returns for {num_tasks} tasks"
+            shape == (num_tasks, 2),
+            f"ref_scores: give one (random, expert) pair of returns per task, shape "
+            f"[{num_tasks}, 2], got shape {list(shape)}",
         )
         for pair in ref_scores:
             offline.check_ref_scores(tuple(pair))

@@ -236,3 +236,5 @@ def test_bad_sequences_are_named():
         make_continual(TINY.replace(method="replay-all"), [a, b], env, [params, params])
     with pytest.raises(ValueError, match="2 datasets, 1 task params"):
         make_continual(TINY, [a, b], env, [params])
+    with pytest.raises(ValueError, match=r"one \(random, expert\) pair .* shape \[2, 2\], got"):
+        make_continual(TINY, [a, b], env, [params, params], (-1000.0, 0.0))  # one pair, 2 tasks
