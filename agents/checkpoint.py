@@ -299,6 +299,11 @@ def save_params(directory: str | os.PathLike, params: PyTree, metadata: Mapping[
 def load_params(directory: str | os.PathLike) -> tuple[PyTree, dict[str, Any]]:
     """``(params, metadata)`` stored by ``save_params``; params as jax arrays in nested dicts."""
     directory = Path(directory).absolute()
+    if not directory.exists():
+        raise CheckpointError(
+            f"no policy at {directory}: the folder does not exist; check the path (a study "
+            "exports its policy to <its run folder>/policy once training has finished)."
+        )
     if not (directory / POLICY_METADATA).exists() or not (directory / POLICY_PARAMS).exists():
         raise CheckpointError(
             f"no complete policy export in {directory} (expected {POLICY_PARAMS}/ and "

@@ -208,8 +208,11 @@ def test_params_round_trip(tmp_path: Path) -> None:
     assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(loaded))
     with pytest.raises(CheckpointError, match="fresh directory"):
         save_params(tmp_path / "policy", params, metadata)
-    with pytest.raises(CheckpointError, match="export_policy"):
+    with pytest.raises(CheckpointError, match="does not exist; check the path"):
         load_params(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"no complete policy export.*export_policy"):
+        load_params(tmp_path / "empty")
     with pytest.raises(ValueError, match="JSON"):
         save_params(tmp_path / "other", params, {"array": np.zeros(2)})
 
