@@ -13,7 +13,6 @@ calls.
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -25,8 +24,9 @@ import jax.numpy as jnp
 import tyro
 
 import envs
+from benchmarks.timing import write_json
 
-__all__ = ["Config", "Measurement", "Rollout", "main", "measure", "ours", "peer"]
+__all__ = ["Config", "Measurement", "Rollout", "env_rollout", "main", "measure", "peer"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,10 +90,11 @@ def scan_rollout(
     return Rollout(init, run)
 
 
-def ours(name: str, batch_size: int, scan_length: int) -> Rollout:
-    """Rollout of an environment from ``envs.make`` (gymnax 1.x interface)."""
-    env, params = envs.make(name)
-    num_actions = env.action_space(params).n
+def env_rollout(name: str, batch_size: int, scan_length: int, **make_kwargs: Any) -> Rollout:
+    """Rollout of an environment from ``envs.make(name, **make_kwargs)`` (gymnax 1.x interface)
+    under uniformly random actions from its action space."""
+    env, params = envs.make(name, **make_kwargs)
+    sample = jax.vmap(env.action_space(params).sample)
     reset = jax.vmap(env.reset, in_axes=(0, None))
     step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
@@ -104,7 +105,7 @@ def ours(name: str, batch_size: int, scan_length: int) -> Rollout:
     def step_batch(carry: tuple[Any, jax.Array], key: jax.Array) -> tuple[Any, jax.Array]:
         state, _ = carry
         action_key, step_key = jax.random.split(key)
-        actions = jax.random.randint(action_key, (batch_size,), 0, num_actions)
+        actions = sample(jax.random.split(action_key, batch_size))
         obs, state, _, _, _, _ = step(
             jax.random.split(step_key, batch_size), state, actions, params
         )
@@ -185,7 +186,7 @@ def main(config: Config) -> list[Measurement]:
         except ImportError as error:  # an environment not added to this tree yet
             print(f"note: skipping {name}: {error}")
             continue
-        runs.append((name, ours))
+        runs.append((name, env_rollout))
     runs += [(name, peer) for name in config.peers]
 
     print(f"device: {jax.devices()[0].device_kind}, {jax.device_count()} device(s)")
@@ -200,15 +201,9 @@ def main(config: Config) -> list[Measurement]:
             )
             results.append(m)
     print(_table(results, config))
-    if config.out is not None:
-        config.out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
-            "device": jax.devices()[0].device_kind,
-            "results": [dataclasses.asdict(m) for m in results],
-        }
-        config.out.write_text(json.dumps(payload, indent=2))
-        print(f"wrote {config.out}")
+    device, rows = jax.devices()[0].device_kind, [dataclasses.asdict(m) for m in results]
+    config_dict = dataclasses.asdict(config)
+    write_json(config.out, {"config": config_dict, "device": device, "results": rows})
     return results
 
 

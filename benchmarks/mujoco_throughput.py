@@ -12,21 +12,19 @@ episode end. The ratio column is ours / Gymnasium at the same batch size.
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import time
 from pathlib import Path
-from typing import Any
 
 import gymnasium
 import jax
 import tyro
 
-import envs
-from benchmarks.gridworld_throughput import Measurement, Rollout, measure, scan_rollout
+from benchmarks.gridworld_throughput import Measurement, env_rollout, measure
+from benchmarks.timing import write_json
 from envs.mujoco import BACKENDS
 
-__all__ = ["Config", "gymnasium_rate", "main", "ours"]
+__all__ = ["Config", "gymnasium_rate", "main"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,33 +40,6 @@ class Config:
     gymnasium_peer: bool = True
     seed: int = 0
     out: Path | None = None  # write the results here as JSON
-
-
-def ours(backend: str):
-    """``make(name, batch_size, scan_length) -> Rollout`` for one backend."""
-
-    def make(name: str, batch_size: int, scan_length: int) -> Rollout:
-        env, params = envs.make(name, backend=backend)
-        act_dim = env.action_space(params).shape[0]
-        reset = jax.vmap(env.reset, in_axes=(0, None))
-        step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
-
-        def init_batch(key: jax.Array) -> tuple[Any, jax.Array]:
-            obs, state = reset(jax.random.split(key, batch_size), params)  # obs [B, obs_dim]
-            return state, obs
-
-        def step_batch(carry: tuple[Any, jax.Array], key: jax.Array) -> tuple[Any, jax.Array]:
-            state, _ = carry
-            action_key, step_key = jax.random.split(key)
-            actions = jax.random.uniform(action_key, (batch_size, act_dim), minval=-1, maxval=1)
-            obs, state, _, _, _, _ = step(
-                jax.random.split(step_key, batch_size), state, actions, params
-            )
-            return state, obs
-
-        return scan_rollout(init_batch, step_batch, scan_length)
-
-    return make
 
 
 def gymnasium_rate(name: str, batch_size: int, config: Config) -> Measurement:
@@ -112,7 +83,8 @@ def main(config: Config) -> list[tuple[str, str, Measurement]]:
     results: list[tuple[str, str, Measurement]] = []
     for name in config.tasks:
         for batch_size in config.batch_sizes:
-            row = [(b, measure(name, ours(b), batch_size, config)) for b in config.backends]
+            make = lambda backend: lambda *shape: env_rollout(*shape, backend=backend)
+            row = [(b, measure(name, make(b), batch_size, config)) for b in config.backends]
             if config.gymnasium_peer:
                 row.append(("gymnasium", gymnasium_rate(name, batch_size, config)))
             for backend, m in row:
@@ -123,15 +95,10 @@ def main(config: Config) -> list[tuple[str, str, Measurement]]:
                 )
                 results.append((name, backend, m))
     print(_table(results))
-    if config.out is not None:
-        config.out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
-            "device": jax.devices()[0].device_kind,
-            "results": [{"task": t, "backend": b, **dataclasses.asdict(m)} for t, b, m in results],
-        }
-        config.out.write_text(json.dumps(payload, indent=2))
-        print(f"wrote {config.out}")
+    rows = [{"task": t, "backend": b, **dataclasses.asdict(m)} for t, b, m in results]
+    device = jax.devices()[0].device_kind
+    config_dict = dataclasses.asdict(config)
+    write_json(config.out, {"config": config_dict, "device": device, "results": rows})
     return results
 
 

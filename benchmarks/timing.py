@@ -26,9 +26,11 @@ def timed(fn: Callable[..., Any], *args: Any, repeats: int) -> tuple[float, floa
 
 
 def write_json(out: str | None, result: Any) -> Any:
-    """Write ``result`` to ``out`` as JSON when ``out`` is given; return ``result``."""
+    """Write ``result`` to ``out`` as JSON (paths and other objects as strings) when ``out`` is
+    given; return ``result``."""
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w") as f:
-            json.dump(result, f, indent=1)
+            json.dump(result, f, indent=1, default=str)
+        print(f"wrote {out}")
     return result
