@@ -29,7 +29,7 @@ import envs
 from agents.diffusion import PRESETS, make_diffusion, num_params
 from agents.td3_bc import TD3BCConfig, make_td3_bc
 from benchmarks import gridworld_throughput as gw
-from benchmarks import mujoco_throughput, ppo_cartpole
+from benchmarks import ppo_cartpole
 from benchmarks.diffusion_throughput import DATA_DIM
 from benchmarks.offline_throughput import synthetic_dataset
 from benchmarks.timing import timed, write_json
@@ -69,11 +69,12 @@ def main(args: Args) -> list[dict]:
 
     # environments: the throughput benchmarks' own timed loop
     config = gw.Config(target_seconds=args.target_seconds, repeats=args.repeats)
-    m = gw.measure(args.gridworld, gw.ours, args.gridworld_batch, config)
+    m = gw.measure(args.gridworld, gw.env_rollout, args.gridworld_batch, config)
     row(f"{args.gridworld} env steps/s, batch {m.batch_size:,}", m.steps_per_s, "steps/s",
         m.compile_s, TARGETS["gridworld"])  # fmt: skip
     mjx = dataclasses.replace(config, scan_length=16 if accelerator else 1, repeats=1)
-    m = gw.measure("HalfCheetah", mujoco_throughput.ours("mjx"), args.mjx_batch, mjx)
+    mjx_rollout = lambda *shape: gw.env_rollout(*shape, backend="mjx")
+    m = gw.measure("HalfCheetah", mjx_rollout, args.mjx_batch, mjx)
     row(f"MJX HalfCheetah env steps/s, batch {m.batch_size:,}", m.steps_per_s, "steps/s",
         m.compile_s, TARGETS["mjx"])  # fmt: skip
 
