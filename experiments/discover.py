@@ -106,9 +106,9 @@ def main(args: Args) -> dict:
             model=args.model,
             held_in=args.held_in,
             tolerance=args.tolerance,
-            seed=args.seed + i,
+            seed=key,
         )
-        for i in range(args.seeds)
+        for key in study.seed_keys("discover")
     ]
     first = runs[0]
     write_atomic(study.path / "segments.json", json.dumps(first.segments))

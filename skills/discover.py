@@ -60,13 +60,14 @@ def discover(
     model: ActionModelConfig | None = None,
     held_in: float = 0.5,
     tolerance: int = 2,
-    seed: int = 0,
+    seed: int | jax.Array = 0,
 ) -> Discovery:
     """Segment ``obs`` [N, T, D] with ``actions`` [N, T] (discrete) or [N, T, A] (continuous).
 
     ``starts`` bool [N, T]: steps that begin an episode inside a trajectory (default: step 0
     only); ``true_boundaries`` bool [N, T]: known skill switches, for choosing the gap and
-    scoring (matched within ``tolerance`` steps); ``gap``: use this gap (nats) instead.
+    scoring (matched within ``tolerance`` steps); ``gap``: use this gap (nats) instead;
+    ``seed``: an int, or a ``jax.random.key``, for the action model's initialisation and batches.
     """
     config = model or ActionModelConfig()
     obs, actions = np.asarray(obs, np.float32), np.asarray(actions)
@@ -97,7 +98,7 @@ def discover(
     ends[:, :-1] = starts[:, 1:]  # an episode ends where the next one starts
     zeros = np.zeros((num, length), np.float32)
     demos = Transition(obs, actions, zeros, obs, np.zeros_like(ends), ends)
-    key = jax.random.key(seed)
+    key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
     params, _ = train_action_models(config, action_space, jax.tree.map(lambda x: x[None], demos),
                                     key[None])  # fmt: skip
     fitted = ActionModel.create(config, action_space)
