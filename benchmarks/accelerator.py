@@ -21,6 +21,7 @@ stays within minutes. Targets on one GPU: >= 100M gridworld steps/s, >= 1M MJX s
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import tyro
@@ -73,7 +74,7 @@ def main(args: Args) -> list[dict]:
     row(f"{args.gridworld} env steps/s, batch {m.batch_size:,}", m.steps_per_s, "steps/s",
         m.compile_s, TARGETS["gridworld"])  # fmt: skip
     mjx = dataclasses.replace(config, scan_length=16 if accelerator else 1, repeats=1)
-    mjx_rollout = lambda *shape: gw.env_rollout(*shape, backend="mjx")
+    mjx_rollout = functools.partial(gw.env_rollout, backend="mjx")
     m = gw.measure("HalfCheetah", mjx_rollout, args.mjx_batch, mjx)
     row(f"MJX HalfCheetah env steps/s, batch {m.batch_size:,}", m.steps_per_s, "steps/s",
         m.compile_s, TARGETS["mjx"])  # fmt: skip

@@ -12,6 +12,7 @@ episode end. The ratio column is ours / Gymnasium at the same batch size.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 import time
 from pathlib import Path
@@ -83,7 +84,7 @@ def main(config: Config) -> list[tuple[str, str, Measurement]]:
     results: list[tuple[str, str, Measurement]] = []
     for name in config.tasks:
         for batch_size in config.batch_sizes:
-            make = lambda backend: lambda *shape: env_rollout(*shape, backend=backend)
+            make = lambda backend: functools.partial(env_rollout, backend=backend)
             row = [(b, measure(name, make(b), batch_size, config)) for b in config.backends]
             if config.gymnasium_peer:
                 row.append(("gymnasium", gymnasium_rate(name, batch_size, config)))

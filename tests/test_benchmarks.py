@@ -9,21 +9,13 @@ module with a ``main`` has a case here (checked below).
 from __future__ import annotations
 
 import json
-import os
 import pkgutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from fresh_process import run_module
 
 import benchmarks
 
-ROOT = Path(__file__).resolve().parents[1]
-FAST_XLA = (
-    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-    "--xla_cpu_use_fusion_emitters=false --xla_cpu_use_thunk_runtime=false"
-)
 slow = pytest.mark.slow
 #: benchmark -> tiny arguments (``--out`` is added)
 TINY = {
@@ -56,17 +48,6 @@ SLOW = {
 ELSEWHERE = {"timing", "accelerator"}  # the shared timer; the accelerator has its own test below
 
 
-def run_benchmark(name: str, argv: list[str], xla_flags: str | None = FAST_XLA) -> str:
-    """``python -m benchmarks.<name> *argv`` in a fresh process; its stdout."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    if xla_flags:
-        env["XLA_FLAGS"] = xla_flags
-    cmd = [sys.executable, "-m", f"benchmarks.{name}", *argv]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}"
-    return done.stdout
-
-
 def test_every_benchmark_has_a_case():
     names = {m.name for m in pkgutil.iter_modules(benchmarks.__path__)}
     assert names - ELSEWHERE == set(TINY), "give every new benchmark tiny arguments in TINY"
@@ -75,7 +56,7 @@ def test_every_benchmark_has_a_case():
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[slow] if n in SLOW else []) for n in TINY])
 def test_benchmark_runs_at_toy_sizes(name, tmp_path):
     out = tmp_path / "figures.json"
-    stdout = run_benchmark(name, [*TINY[name].split(), "--out", str(out)])
+    stdout = run_module(f"benchmarks.{name}", [*TINY[name].split(), "--out", str(out)], timeout=900)
     figures = json.loads(out.read_text())
     if name == "kill_resume":  # a campaign, not a table: every killed run resumed identically
         assert figures["entries"]["ppo"]["identical"] == 1, stdout[-2000:]
@@ -90,7 +71,7 @@ def test_accelerator_benchmark_prints_one_table(tmp_path):
     tiny += ["--td3-seeds", "1", "2", "--td3-steps", "4", "--diffusion-width", "32"]
     tiny += ["--diffusion-steps", "1", "--sample-batch", "2", "--repeats", "1"]
     tiny += ["--target-seconds", "0.1", "--out", str(tmp_path / "a.json")]
-    stdout = run_benchmark("accelerator", tiny, xla_flags=None)
+    stdout = run_module("benchmarks.accelerator", tiny, xla_flags=None, timeout=900)
     rows = json.loads((tmp_path / "a.json").read_text())
     assert len(rows) == 7 and all(r["device"] == "cpu (cpu)" for r in rows)
     assert all(r["compile_s"] > 0 for r in rows)

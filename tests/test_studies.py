@@ -12,25 +12,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import pkgutil
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fresh_process import ROOT, run_module
 from PIL import Image
 
 import experiments
 
-ROOT = Path(__file__).resolve().parents[1]
 SCAFFOLD = {"runner", "study", "plots", "loggers"}
-FAST_XLA = (
-    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-    "--xla_cpu_use_fusion_emitters=false --xla_cpu_use_thunk_runtime=false"
-)
 
 
 def check_outputs(out: Path, allow_nan: tuple[str, ...] = ()) -> dict:
@@ -58,10 +51,7 @@ def check_outputs(out: Path, allow_nan: tuple[str, ...] = ()) -> dict:
 
 def run_study(name: str, out: Path, *argv: str) -> dict:
     """``python -m experiments.<name> *argv --out out --no-progress``; its checked results."""
-    cmd = [sys.executable, "-m", f"experiments.{name}", *argv, "--out", str(out), "--no-progress"]
-    env = {**os.environ, "XLA_FLAGS": FAST_XLA, "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stderr[-4000:]}"
+    run_module(f"experiments.{name}", [*argv, "--out", str(out), "--no-progress"])
     return check_outputs(out)
 
 
