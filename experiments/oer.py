@@ -30,35 +30,11 @@ from agents.dynamics import DynamicsConfig
 from agents.evaluation import transfer_metrics
 from agents.oer import ContinualConfig, buffer_distances, make_continual
 from agents.sac import SACConfig
+from envs.mujoco.variants import SEQUENCES
 from experiments.plots import plot_curves, plot_heatmaps, plot_intervals
 from experiments.runner import RunFolder, fmt_ci, iqm, iqm_ci, run_chunked
 from experiments.study import Study, StudyArgs, cli, config_dict, task_datasets
 
-SEQUENCES: dict[str, tuple[str, dict[str, dict[str, float]]]] = {
-    "cheetah-vel": (  # MACAW's cheetah-vel: target speeds in [0, 3] m/s
-        "HalfCheetah",
-        {f"velocity {v:g}": {"target_velocity": v} for v in (0.5, 1.0, 1.5, 2.0, 2.5)},
-    ),
-    "walker-dir": (  # directions, and each at a 1 m/s target speed
-        "Walker2d",
-        {
-            "forward": {"direction": 1.0},
-            "backward": {"direction": -1.0},
-            "forward 1": {"direction": 1.0, "target_velocity": 1.0},
-            "backward 1": {"direction": -1.0, "target_velocity": 1.0},
-        },
-    ),
-    "mixed": (  # running (forward, backward) and speed tracking, interleaved
-        "HalfCheetah",
-        {
-            "forward": {"direction": 1.0},
-            "velocity 1": {"target_velocity": 1.0},
-            "backward": {"direction": -1.0},
-            "velocity 2": {"target_velocity": 2.0},
-            "backward 1": {"direction": -1.0, "target_velocity": 1.0},
-        },
-    ),
-}
 #: arm -> (method, selection)
 ARMS = {
     "fine-tuning": ("finetune", "random"),

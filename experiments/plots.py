@@ -33,6 +33,7 @@ __all__ = [
     "plot_curves",
     "plot_detection",
     "plot_intervals",
+    "plot_moments",
     "plot_pr",
     "plot_profiles",
     "plot_segmented",
@@ -168,6 +169,19 @@ def plot_profiles(path: str | Path, scores: Mapping[str, np.ndarray], xlabel: st
             ylabel="fraction of seeds above",
         )  # fmt: skip
         ax.legend(ax.get_lines()[: len(data)], list(data), fontsize=8)
+
+
+def plot_moments(path: str | Path, per_dimension: Mapping[str, Any]) -> None:
+    """Synthetic against real per-dimension mean and std (``agents.synther.quality``'s
+    ``per_dimension``), one scatter each beside the identity line."""
+    with figure(path, ncols=2, size=(4.5, 4.0)) as axes:
+        for ax, stat in zip(axes, ("mean", "std")):
+            x, y = (np.array(per_dimension[f"{k}_{stat}"]) for k in ("real", "synthetic"))
+            ax.scatter(x, y, s=12)
+            lim = [min(x.min(), y.min()), max(x.max(), y.max())]
+            ax.plot(lim, lim, "k--", lw=0.8)
+            ax.set(xlabel=f"real {stat}", ylabel=f"synthetic {stat}")
+            ax.set_title(f"per-dimension {stat} of [s, a, r, s', done]")
 
 
 def plot_pr(ax: Any, curves: Mapping[str, tuple[Mapping[str, Any], str]], xlabel: str) -> None:

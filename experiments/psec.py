@@ -1,22 +1,19 @@
 """PSEC under continual policy shift or dynamics shift on HalfCheetah: a diffusion base, LoRA
 skills, composition.
 
-Every behaviour is HalfCheetah with task params; SAC experts (trained here once in one vmapped
-program, or loaded from ``--experts``) act out the data. ``--shift policy`` (the default): the
-same physics, other rewards: ``base_episodes`` episodes of running forward for the base policy;
-``skill_episodes`` each of running backward and of jumping for two LoRA skills; and of the
-target, running backward while jumping. ``--shift dynamics``: forward running throughout; the
-base on the nominal dynamics, the skills on low friction (x0.4) and on heavy bodies (mass
-x1.5), the target on both at once, a shift no skill saw.
+SAC experts (trained here once in one vmapped program, or loaded from ``--experts``) act out
+each behaviour's data (``envs.mujoco.variants``). ``--shift policy``: the same physics, other
+rewards: ``base_episodes`` of running forward for the base, ``skill_episodes`` each of running
+backward and of jumping for two LoRA skills, and of the target, running backward while jumping.
+``--shift dynamics``: forward running on the nominal dynamics (base), low friction and heavy
+bodies (skills), both at once (the target, a shift no skill saw).
 
-Every arm is scored on the target: training from scratch on the target episodes, full
-fine-tuning of the base on them, a LoRA skill on them (no composition), each skill alone, and
-the skills composed on them by PSEC (context-aware alpha(s), from the uniform mix; and
-anchored at the skill that best fits the target's data, ``skills.compose``), fixed weights in
-parameter space, noise space (NSEC) and action space (ASEC); MLP-PSEC (the same library and
-context-aware composition on a Gaussian policy of the same network instead of diffusion); and
-PSEC with skills of each rank in ``--ranks``. Each stage runs all seeds in one vmapped
-program; seeds share the data.
+Every arm is scored on the target: scratch, full fine-tuning of the base and a LoRA on the target
+episodes; each skill alone; the skills composed by PSEC (context-aware alpha(s), from the
+uniform mix, or anchored at the best-fitting skill), by fixed weights in parameter space, in
+noise space (NSEC) and in action space (ASEC); MLP-PSEC (a Gaussian base instead of diffusion);
+PSEC at each rank of ``--ranks``. Each stage runs all seeds in one vmapped program; seeds
+share the data.
 
     python -m experiments.psec                      # CPU scale, see the README for the time
     python -m experiments.psec --shift dynamics --ranks
@@ -34,28 +31,16 @@ import envs
 from agents.diffusion_policy import DiffusionPolicyConfig, make_diffusion_bc, reference_config
 from agents.evaluation import evaluate
 from agents.sac import SACConfig
+from envs.mujoco.variants import BEHAVIOURS, DYNAMICS
 from experiments.plots import plot_intervals
 from experiments.runner import fmt_ci, iqm_ci
 from experiments.study import Study, StudyArgs, cli, demonstrations, sac_experts
 from skills.compose import ComposeConfig, fit_losses, make_composition
-from skills.library import SkillLibrary, composing_policy, skill_agent
+from skills.library import SkillLibrary, composing_policy, learn_skill
 
 ENV = "HalfCheetah"
 #: {shift: {behaviour: task params}}: the base's, the two skills', the target's, in this order.
-SHIFTS: dict[str, dict[str, dict[str, float]]] = {
-    "policy": {
-        "forward": {"direction": 1.0},
-        "backward": {"direction": -1.0},
-        "jump": {"target_velocity": 0.0, "jump_weight": 10.0},  # -|v_x| + 10 * root height
-        "backward jump": {"direction": -1.0, "jump_weight": 10.0},  # backward + 10 * height
-    },
-    "dynamics": {
-        "forward": {},
-        "low friction": {"friction_scale": 0.4},
-        "heavy": {"mass_scale": 1.5},
-        "low friction, heavy": {"friction_scale": 0.4, "mass_scale": 1.5},
-    },
-}
+SHIFTS = {"policy": BEHAVIOURS, "dynamics": DYNAMICS}
 MIXES = {"PSEC": "context", "PSEC, fixed weights": "param", "NSEC": "noise", "ASEC": "action"}
 ANCHORED = "PSEC, anchored at the best skill"  # alpha starts one-hot, its mean held there
 ALONE, LORA = "skills alone", "LoRA on the target (no composition)"
@@ -130,22 +115,15 @@ def main(args: Args) -> dict:
         config = args.skill.replace(rank=rank, model=spec["model"])
 
         def learn(name):
-            def one(base, key):
-                library = SkillLibrary(spec, base)
-                agent = skill_agent(library, name, data[name], config, env, task(name))
-                state, metrics = agent.train(key)
-                return agent.policy_params(state)["adapters"], metrics
-
+            one = lambda base, key: learn_skill(
+                spec, base, name, data[name], config, env, task(name), key
+            )
             stage = ("skill", name, rank, spec["model"])
             return study.stage(stage, one, bases, study.seed_keys(*stage), what=f"skill {name!r}")
 
         trained = {name: learn(name) for name in skill_names}
         adapters = {n: jax.tree.map(lambda x: x[:, 0], a) for n, (a, _) in trained.items()}
         return adapters, {n: final(m) for n, (_, m) in trained.items()}
-
-    def library(spec: dict, base: Any, skill_adapters: dict) -> SkillLibrary:
-        """One seed's library: its base and its skills' adapters."""
-        return SkillLibrary(spec, base, skill_adapters, {n: {} for n in skill_names})
 
     def compose(
         spec: dict, bases: Any, adapters: dict, mix: str, name: str, config: Any = None
@@ -154,7 +132,7 @@ def main(args: Args) -> dict:
 
         def one(base, skill_adapters, key):
             agent = make_composition(
-                config or args.compose, library(spec, base, skill_adapters), skill_names,
+                config or args.compose, SkillLibrary(spec, base, skill_adapters), skill_names,
                 data[target_name], env, task(target_name), mix,
             )  # fmt: skip
             return agent.train(key)[1]
@@ -169,12 +147,12 @@ def main(args: Args) -> dict:
 
         def one(base, key):
             if rank:
-                library = SkillLibrary(spec, base)
-                agent = skill_agent(library, "target", target_data, config, env, target_task)
-            else:
-                agent = make_diffusion_bc(
-                    config, target_data, env, target_task, base=base, units=spec["units"]
-                )
+                return learn_skill(
+                    spec, base, "target", target_data, config, env, target_task, key
+                )[1]
+            agent = make_diffusion_bc(
+                config, target_data, env, target_task, base=base, units=spec["units"]
+            )
             return agent.train(key)[1]
 
         return final(study.stage((name,), one, bases, study.seed_keys(name), what=name))
@@ -205,7 +183,7 @@ def main(args: Args) -> dict:
         anchored = args.compose.replace(start="best", anchor=1.0)  # the reference's regulariser
         target[ANCHORED] = compose(spec, bases, adapters, "context", "PSEC-anchored", anchored)
         fit = lambda base, skill_adapters: fit_losses(
-            library(spec, base, skill_adapters), skill_names, data[target_name], env,
+            SkillLibrary(spec, base, skill_adapters), skill_names, data[target_name], env,
             task(target_name),
         )  # fmt: skip
         picked = np.asarray(jax.jit(jax.vmap(fit))(bases, adapters)).argmin(-1)  # [S]

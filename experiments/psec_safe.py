@@ -36,7 +36,7 @@ from experiments.plots import plot_intervals
 from experiments.runner import fmt_ci, iqm_ci
 from experiments.study import Study, StudyArgs, cli, demonstrations, sac_experts
 from skills.compose import ComposeConfig, make_composition
-from skills.library import SkillLibrary, composing_policy, skill_agent
+from skills.library import SkillLibrary, composing_policy, learn_skill
 
 ENV = "HalfCheetah"
 SKILLS = ("reward", "cost")
@@ -125,12 +125,9 @@ def main(args: Args) -> dict:
 
     # 2. the two skills on every seed's base, 3. their compositions
     def skill(name: str) -> Any:
-        def one(base, w, key):
-            library = SkillLibrary(spec, base)
-            agent = skill_agent(library, name, data, args.skill, env, env_params, w)
-            state, metrics = agent.train(key)
-            return agent.policy_params(state)["adapters"], metrics
-
+        one = lambda base, w, key: learn_skill(
+            spec, base, name, data, args.skill, env, env_params, key, w
+        )
         keys = study.seed_keys("skill", name)
         stage = ("skill", name)
         adapters, _ = study.stage(stage, one, bases, weights(name), keys, what=f"the {name} skill")
@@ -157,7 +154,7 @@ def main(args: Args) -> dict:
     for name, mix in MIXES.items():
 
         def one(base, adapters, key, mix=mix):
-            library = SkillLibrary(spec, base, adapters, {n: {} for n in SKILLS})
+            library = SkillLibrary(spec, base, adapters)
             agent = make_composition(args.compose, library, SKILLS, safe_data, env, env_params, mix)
             state, metrics = agent.train(key)
             return agent.policy_params(state), metrics

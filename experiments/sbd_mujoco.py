@@ -1,15 +1,11 @@
 """Skill-boundary detection on HalfCheetah demonstrations that switch behaviour at known times.
 
-1. Behaviour policies: SAC on HalfCheetah (native backend): run forward (the dataset expert of
-   ``experiments.make_datasets`` when it exists), run backward (``direction=-1``) and jump in
-   place (velocity target 0 plus the root-height term), each a resumable run folder under
-   ``<policies>/<name>`` with its exported policy.
-2. Demonstrations (``skills.switching``): rollouts in which the acting policy switches at random
-   known times (segments uniform in ``[min_segment, max_segment]``, always to another one).
-3. The SBD pipeline of ``skills/`` (recurrent Gaussian action model, the loss-gap rule), scored
-   against the true switches within +-2 and +-5 steps over a sweep of the gap, with the
-   fixed-length and random baselines and the negative control (behaviour one-hot appended to
-   the observation) of ``skills.sbd``; all seeds in one vmapped program.
+Behaviour policies trained by SAC (native backend), each a resumable run folder under
+``<policies>/<name>`` with its exported policy: run forward (``experiments.make_datasets``'s
+expert when it exists), run backward (``direction=-1``), jump in place (velocity target 0 plus
+the root-height term). ``skills.switching.detect_switches`` then switches between them at random
+known times, trains the action models and scores SBD against the true switches (+-2 and +-5
+steps) over a sweep of the gap, beside the baselines and the negative control; all seeds at once.
 
     python -m experiments.sbd_mujoco     # 6.5 min with trained policies, on 2 busy CPU cores
     python -m experiments.sbd_mujoco --seed 100 --seeds 2 --num-demos 32 --out /tmp/pilot
@@ -34,6 +30,7 @@ import envs
 from agents.core import Policy, load_policy
 from agents.hparams import require
 from agents.sac import SACConfig, make_sac
+from envs.mujoco import variants
 from experiments.plots import plot_curves, plot_detection, plot_segmented, segment_video
 from experiments.runner import Laps, RunFolder, fmt_ci, iqm_ci
 from experiments.study import (
@@ -49,18 +46,13 @@ from experiments.study import (
     spike_table,
     train_policy,
 )
-from skills import sbd
-from skills.action_model import ActionModelConfig, episode_starts
+from skills.action_model import ActionModelConfig
 from skills.boundary import BoundaryConfig
-from skills.switching import behaviour_stats, switching_demos
+from skills.switching import STAGES, SwitchingConfig, behaviour_stats, detect_switches
 
 ENV = "HalfCheetah"
-# behaviour -> HalfCheetah task params of the reward SAC maximises (physics are identical)
-BEHAVIOURS: dict[str, dict[str, float]] = {
-    "forward": {"direction": 1.0},
-    "backward": {"direction": -1.0},
-    "jump": {"target_velocity": 0.0, "jump_weight": 10.0},  # -|v_x| + 10 * root height
-}
+#: behaviour -> HalfCheetah task params of the reward SAC maximises (physics are identical)
+BEHAVIOURS = {name: variants.BEHAVIOURS[name] for name in ("forward", "backward", "jump")}
 #: the segmentations scored: arm -> label
 ARMS = {"hidden": "SBD", "revealed": "negative control: behaviour revealed"}
 INFO = ("x_velocity", "height")  # recorded with every demonstration step
@@ -73,57 +65,20 @@ def default_sac() -> SACConfig:
 
 
 @dataclasses.dataclass
-class Args(StudyArgs):
+class Args(StudyArgs, SwitchingConfig):
+    """The study's settings; the demonstrations' and the detector's are ``SwitchingConfig``'s."""
+
     out: str = "results/sbd_mujoco"
     policies: str = "results/sbd_mujoco/policies"  # behaviour policy run folders, one per name
     seeds: int = 5
     forward_policy: str = EXPERT  # an exported policy for "forward"; "" trains one
     sac: SACConfig = dataclasses.field(default_factory=default_sac)
     policy_eval_episodes: int = 5
-    num_demos: int = 64  # trajectories per seed
-    demo_steps: int = 1000  # steps per trajectory (one episode)
-    min_segment: int = 60  # behaviour segment lengths, uniform in [min_segment, max_segment]
-    max_segment: int = 200
-    deterministic: bool = False  # demonstrators act with tanh(mean) instead of sampling
-    model: ActionModelConfig = dataclasses.field(
-        default_factory=lambda: ActionModelConfig(
-            embed=(64,), gru_hidden=64, head=(64,), total_steps=400, batch_size=16, lr=3e-3
-        )
-    )
-    train_window: int = 200  # the action model trains on windows of this many steps
-    boundary: BoundaryConfig = dataclasses.field(
-        # gap chosen on a pilot with other seeds (--seed 100 --seeds 2 --num-demos 32)
-        default_factory=lambda: BoundaryConfig(gap=12.0, min_len=2, max_len=10_000)
-    )
-    gaps: tuple[float, ...] = (1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 24.0, 32.0, 48.0)
-    tolerances: tuple[int, ...] = (2, 5)
-    fixed_lengths: tuple[int, ...] = (5, 10, 20, 30, 40, 60, 80, 100, 120, 140, 160, 200)
-    random_rates: tuple[float, ...] = (0.002, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.2)
 
     def validate(self) -> None:
         """Raise a ValueError naming the first invalid setting."""
-        windows = self.num_demos * self.demo_steps // self.train_window
-        segments, window = f"[{self.min_segment}, {self.max_segment}]", self.train_window
-        require(self.seeds >= 1 and self.num_demos >= 1, "seeds and num_demos must be >= 1")
-        require(
-            1 <= self.min_segment <= self.max_segment,
-            f"segment lengths {segments} must satisfy 1 <= min_segment <= max_segment",
-        )
-        require(
-            self.demo_steps % window == 0,
-            f"demo_steps={self.demo_steps} must be a multiple of train_window={window}",
-        )
-        require(
-            self.model.batch_size <= windows,
-            f"model.batch_size={self.model.batch_size} exceeds the {windows} training windows",
-        )
-        self.model.validate()
-        self.boundary.validate()
-
-
-def _task(name: str) -> Any:
-    """The HalfCheetah params of behaviour ``name`` (its reward)."""
-    return envs.make(ENV, backend="native", **BEHAVIOURS[name])[1]
+        require(self.seeds >= 1, f"seeds must be >= 1, got {self.seeds}")
+        SwitchingConfig.validate(self)
 
 
 def behaviour_policy(args: Args, name: str) -> tuple[Policy, Any, dict]:
@@ -163,7 +118,8 @@ def main(args: Args) -> dict:
     lap = Laps(study.start)
     lap("policies_s")
     actors = [(policy, params) for policy, params, _ in loaded.values()]
-    env, tasks = envs.make(ENV, backend="native")[0], [_task(name) for name in BEHAVIOURS]
+    env = envs.make(ENV, backend="native")[0]
+    tasks = [envs.make(ENV, backend="native", **task)[1] for task in BEHAVIOURS.values()]
     stats_key, episodes = study.key("behaviour_stats"), args.policy_eval_episodes
     stats = behaviour_stats(stats_key, env, tasks, actors, episodes, INFO)
     behaviours = {
@@ -188,45 +144,15 @@ def main(args: Args) -> dict:
 def detect(
     args: Args, actors: list[tuple[Policy, Any]], lap: Laps | None = None
 ) -> tuple[dict, tuple, list[dict]]:
-    """Switching demonstrations of ``actors``, SBD and baselines, scored over all seeds (each
-    stage's seconds lapped in ``lap``).
+    """``skills.switching.detect_switches`` on ``actors`` in HalfCheetah, aggregated over seeds.
 
     Returns (results, an example trajectory of seed 0 for the plot, action-model loss lines).
     """
-    require(len(actors) >= 2, f"switching needs at least two actors, got {len(actors)}")
-    lap = lap or Laps()
-    seed_keys = lambda name: jax.random.split(named_key(args.seed, name), args.seeds)
-    # 2. switching demonstrations, all seeds in one program
     env, env_params = envs.make(ENV, backend="native")
-    schedule = (args.num_demos, args.demo_steps, args.min_segment, args.max_segment)
-    demos_of = lambda k: switching_demos(
-        k, env, env_params, actors, *schedule, args.deterministic, INFO
-    )
-    demos = jax.block_until_ready(jax.jit(jax.vmap(demos_of))(seed_keys("demos")))  # [S, N, T]
-    lap("demos_s")
-    data, true, behaviour = demos.transitions, demos.boundary, demos.behaviour
-    # the negative control: the same demonstrations with the behaviour one-hot in the observation
-    revealed = jnp.concatenate([data.obs, jax.nn.one_hot(behaviour, len(actors))], axis=-1)
-    obs = {"hidden": data.obs, "revealed": revealed}
-    start = episode_starts(data.terminated, data.truncated)  # [S, N, T]
-
-    # 3. action models on windows of the demonstrations, both arms, all seeds in one program
-    cut = lambda x: x.reshape(x.shape[0], -1, args.train_window, *x.shape[3:])  # [S, N', W, ...]
-    model, params, losses = sbd.action_models(
-        args.model, env.action_space(env_params), jax.tree.map(cut, data),
-        {arm: cut(o) for arm, o in obs.items()}, seed_keys("action_model"),
-    )  # fmt: skip
-    lap("action_model_s")
-
-    # 4. segmentation (a sweep of gaps and the chosen gap, both arms) and its scores; the NLL of
-    # the plain model (memory reset only at episode starts) around true switches
-    baselines = (seed_keys("baselines"), args.fixed_lengths, args.random_rates)
-    scores, chosen = sbd.score_switches(
-        model, params, obs, data.action, start, true, behaviour, args.boundary, args.gaps,
-        args.tolerances, *baselines,
-    )  # fmt: skip
-    lap("segmentation_s")
-    upside_down = np.cos(np.asarray(data.obs[..., 1])) < 0  # obs[1] is the torso pitch
+    keys = {stage: jax.random.split(named_key(args.seed, stage), args.seeds) for stage in STAGES}
+    run = detect_switches(args, env, env_params, actors, keys, INFO, lap)
+    demos, scores, true, start = run.demos, run.scores, run.demos.boundary, run.start
+    upside_down = np.cos(np.asarray(demos.transitions.obs[..., 1])) < 0  # obs[1]: torso pitch
     results = {
         "true_boundary_rate": float(np.asarray(true & ~start).mean()),
         "upside_down_fraction": iqm_ci(upside_down.mean((1, 2))),
@@ -244,12 +170,13 @@ def detect(
         "recall_by_switch": [
             k | {"recall": iqm_ci(k["recall"])} for k in scores["recall_by_switch"]
         ],
-        "action_model_final_loss": {a: iqm_ci(v[:, -50:].mean(1)) for a, v in losses.items()},
+        "action_model_final_loss": {a: iqm_ci(v[:, -50:].mean(1)) for a, v in run.loss.items()},
     }
-    example = (behaviour, *(demos.info[k] for k in INFO), true, chosen["hidden"].nll)
-    example += (chosen["hidden"].boundary, chosen["revealed"].nll, data.obs)
+    chosen = run.chosen
+    example = (demos.behaviour, *(demos.info[k] for k in INFO), true, chosen["hidden"].nll)
+    example += (chosen["hidden"].boundary, chosen["revealed"].nll, demos.transitions.obs)
     example = jax.device_get(jax.tree.map(lambda x: x[0, 0], example))
-    return results, example, loss_lines("action_model", losses)
+    return results, example, loss_lines("action_model", run.loss)
 
 
 def _summary(args: Args, r: dict) -> str:

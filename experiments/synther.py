@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-import jax
 import numpy as np
 
 import envs
@@ -31,12 +30,11 @@ from agents.core import Agent
 from agents.diffusion import PRESETS as DENOISERS
 from agents.diffusion import DiffusionConfig
 from agents.iql import IQLConfig, make_iql
-from agents.replay import Transition
-from agents.replay.datasets import D4RL_REF_SCORES, load_dataset
+from agents.replay.datasets import D4RL_REF_SCORES, episode_subset, load_dataset
 from agents.sac import SACConfig, make_sac
 from agents.synther import SynthERConfig, fit_synthesizer, make_synther, quality, upsample
 from agents.td3_bc import TD3BCConfig, make_td3_bc
-from experiments.plots import figure, plot_curves, plot_intervals
+from experiments.plots import plot_curves, plot_intervals, plot_moments
 from experiments.runner import Laps, RunFolder, final_score, fmt_ci, iqm_ci
 from experiments.study import Study, StudyArgs, cli, config_dict, parse_env_kwargs, train_policy
 
@@ -84,17 +82,6 @@ class Args(StudyArgs):
         self.diffusion.validate()
 
 
-def episode_subset(data: Transition, fraction: float, seed: int) -> Transition:
-    """Whole episodes, in random order, until they hold ``fraction`` of the transitions."""
-    ends = np.flatnonzero(np.asarray(data.terminated) | np.asarray(data.truncated))
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    order = np.random.default_rng(seed).permutation(len(ends))
-    lengths = (ends - starts + 1)[order]
-    keep = order[: int(np.searchsorted(np.cumsum(lengths), fraction * data.reward.shape[0])) + 1]
-    idx = np.concatenate([np.arange(starts[i], ends[i] + 1) for i in np.sort(keep)])
-    return jax.tree.map(lambda x: np.asarray(x)[idx], data)
-
-
 def train_arm(
     study: Study, args: Args, path: tuple[str, ...], agent: Agent, config, key, metric, fraction
 ) -> tuple[dict, np.ndarray]:
@@ -128,14 +115,7 @@ def offline_and_quality(study: Study, args: Args, studies: set[str]) -> dict:
     results["diffusion"] = {**lap.timing, "final_loss": final_loss}
     if "quality" in studies:
         q = quality(env, params, subset, synthetic, study.key("quality"), args.quality_samples)
-        with figure(study.path / "quality_moments.png", ncols=2, size=(4.5, 4.0)) as axes:
-            for ax, stat in zip(axes, ("mean", "std")):
-                x, y = (np.array(q["per_dimension"][f"{k}_{stat}"]) for k in ("real", "synthetic"))
-                ax.scatter(x, y, s=12)
-                lim = [min(x.min(), y.min()), max(x.max(), y.max())]
-                ax.plot(lim, lim, "k--", lw=0.8)
-                ax.set(xlabel=f"real {stat}", ylabel=f"synthetic {stat}")
-                ax.set_title(f"per-dimension {stat} of [s, a, r, s', done]")
+        plot_moments(study.path / "quality_moments.png", q["per_dimension"])
         results["quality"] = q
     if "offline" in studies:
         scale = offline.locomotion_reward_scale(subset) if args.learner == "iql" else None

@@ -33,7 +33,14 @@ from agents.diffusion_policy import DiffusionPolicyConfig, make_diffusion_bc
 from agents.hparams import require
 from agents.replay import Transition
 
-__all__ = ["SkillLibrary", "composing_policy", "fingerprint", "skill_agent", "train_skill"]
+__all__ = [
+    "SkillLibrary",
+    "composing_policy",
+    "fingerprint",
+    "learn_skill",
+    "skill_agent",
+    "train_skill",
+]
 
 
 def fingerprint(params: Any) -> str:
@@ -53,7 +60,7 @@ class SkillLibrary:
     spec: Mapping[str, Any]  # the base policy's spec (agents.diffusion_policy.diffusion_policy)
     base: Any  # the base noise network's parameters (never changed by a skill)
     skills: Mapping[str, lora.Adapter] = dataclasses.field(default_factory=dict)
-    meta: Mapping[str, dict] = dataclasses.field(default_factory=dict)
+    meta: Mapping[str, dict] = dataclasses.field(default_factory=dict)  # per skill, optional
 
     @classmethod
     def create(cls, spec: Mapping[str, Any], base: Any) -> SkillLibrary:
@@ -144,7 +151,7 @@ class SkillLibrary:
         base = fingerprint(self.base)
         for name, adapter in self.skills.items():
             if not (stored / name).exists():
-                save_params(stored / name, adapter, {**self.meta[name], "base": base})
+                save_params(stored / name, adapter, {**self.meta.get(name, {}), "base": base})
 
     @classmethod
     def load(cls, directory: str | Path, skills: Sequence[str] | None = None) -> SkillLibrary:
@@ -220,6 +227,26 @@ def skill_agent(
         raise ValueError(f"skill {name!r}: {err}") from err
 
 
+def learn_skill(
+    spec: Mapping[str, Any],
+    base: Any,
+    name: str,
+    transitions: Transition,
+    config: DiffusionPolicyConfig,
+    env: Any,
+    env_params: Any,
+    key: jax.Array,
+    weights: Any = None,
+) -> tuple[lora.Adapter, dict[str, jax.Array]]:
+    """Skill ``name`` trained (``skill_agent``) from ``key`` on the frozen noise network
+    ``base`` of a base policy of ``spec``: (its adapter as a library of one [1, ...], the
+    training metrics). Pure: a study vmaps it over its seeds' bases and keys."""
+    library = SkillLibrary(dict(spec), base)
+    agent = skill_agent(library, name, transitions, config, env, env_params, weights)
+    state, metrics = agent.train(key)
+    return agent.policy_params(state)["adapters"], metrics
+
+
 def train_skill(
     library: SkillLibrary,
     name: str,
@@ -234,10 +261,12 @@ def train_skill(
     """The library with skill ``name`` trained (``skill_agent``) for ``config.total_steps``
     gradient steps from ``key``, its ``metadata`` (e.g. the data's name) stored with it; and
     the training metrics."""
-    agent = skill_agent(library, name, transitions, config, env, env_params, weights)
-    state, metrics = jax.jit(agent.train)(key)
+    learn = lambda k: learn_skill(
+        library.spec, library.base, name, transitions, config, env, env_params, k, weights
+    )
+    adapters, metrics = jax.jit(learn)(key)
     check_losses(metrics, f"skill {name!r}")
-    adapter = jax.tree.map(lambda x: x[0], agent.policy_params(state)["adapters"])
+    adapter = jax.tree.map(lambda x: x[0], adapters)
     meta = {
         "transitions": int(np.shape(transitions.reward)[0]),
         "loss": "bc" if weights is None else "weighted",

@@ -1,28 +1,47 @@
-"""Switching demonstrations: several policies take turns acting in one env at known random times.
+"""Switching demonstrations: several policies take turns acting in one env at known random times,
+and skill-boundary detection scored on them.
 
 The ground truth for skill-boundary detection on any environment: a schedule of behaviour ids
 (``switch_schedule``: segments of uniform random length, each next behaviour another one) picks
 which actor acts at each step; the rollout records the transitions, the acting behaviour and the
 true boundaries. Actors are ``(agents.core.Policy, params)`` pairs acting in the env's units.
+``detect_switches`` runs the whole SBD pipeline on such demonstrations for all seeds at once.
 
     schedule = switch_schedule(key, 1000, num_behaviours=3, min_len=60, max_len=200)
     demos = switching_rollout(key, env, env_params, actors, schedule, info_keys=("height",))
     demos = switching_demos(key, env, env_params, actors, 64, 1000, 60, 200)     # [64, 1000]
+    keys = {stage: jax.random.split(jax.random.key(i), 5) for i, stage in enumerate(STAGES)}
+    run = detect_switches(SwitchingConfig(), env, env_params, actors, keys)       # 5 seeds
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from agents.core import Policy
 from agents.hparams import require
 from agents.replay import Transition
+from skills import sbd
+from skills.action_model import ActionModel, ActionModelConfig, episode_starts
+from skills.boundary import BoundaryConfig, Segmentation
 
-__all__ = ["Demos", "behaviour_stats", "switch_schedule", "switching_demos", "switching_rollout"]
+__all__ = [
+    "STAGES",
+    "Demos",
+    "SwitchRun",
+    "SwitchingConfig",
+    "behaviour_stats",
+    "detect_switches",
+    "switch_schedule",
+    "switching_demos",
+    "switching_rollout",
+]
 
 Actor = tuple[Policy, Any]  # a policy and its parameters
 
@@ -164,3 +183,110 @@ def behaviour_stats(
         {"return": float(returns[i]), **{k: float(v[i]) for k, v in means.items()}}
         for i in range(len(actors))
     ]
+
+
+#: the stages of ``detect_switches`` that draw randomness, each given its own [S] seed keys
+STAGES = ("demos", "action_model", "baselines")
+
+
+@dataclasses.dataclass
+class SwitchingConfig:
+    """Switching demonstrations and SBD on them (defaults: HalfCheetah's three behaviours at CPU
+    scale; the gap of 12 nats was chosen on a pilot with other seeds)."""
+
+    num_demos: int = 64  # trajectories per seed
+    demo_steps: int = 1000  # steps per trajectory (one episode)
+    min_segment: int = 60  # behaviour segment lengths, uniform in [min_segment, max_segment]
+    max_segment: int = 200
+    deterministic: bool = False  # demonstrators act with tanh(mean) instead of sampling
+    model: ActionModelConfig = dataclasses.field(
+        default_factory=lambda: ActionModelConfig(
+            embed=(64,), gru_hidden=64, head=(64,), total_steps=400, batch_size=16, lr=3e-3
+        )
+    )
+    train_window: int = 200  # the action model trains on windows of this many steps
+    boundary: BoundaryConfig = dataclasses.field(
+        default_factory=lambda: BoundaryConfig(gap=12.0, min_len=2, max_len=10_000)
+    )
+    gaps: tuple[float, ...] = (1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 24.0, 32.0, 48.0)
+    tolerances: tuple[int, ...] = (2, 5)
+    fixed_lengths: tuple[int, ...] = (5, 10, 20, 30, 40, 60, 80, 100, 120, 140, 160, 200)
+    random_rates: tuple[float, ...] = (0.002, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.2)
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the first invalid setting."""
+        windows = self.num_demos * self.demo_steps // self.train_window
+        segments, window = f"[{self.min_segment}, {self.max_segment}]", self.train_window
+        require(self.num_demos >= 1, f"num_demos must be >= 1, got {self.num_demos}")
+        require(
+            1 <= self.min_segment <= self.max_segment,
+            f"segment lengths {segments} must satisfy 1 <= min_segment <= max_segment",
+        )
+        require(
+            self.demo_steps % window == 0,
+            f"demo_steps={self.demo_steps} must be a multiple of train_window={window}",
+        )
+        require(
+            self.model.batch_size <= windows,
+            f"model.batch_size={self.model.batch_size} exceeds the {windows} training windows",
+        )
+        self.model.validate()
+        self.boundary.validate()
+
+
+class SwitchRun(NamedTuple):
+    """What ``detect_switches`` measured, per seed (leading axis S)."""
+
+    demos: Demos  # [S, N, T]
+    start: jax.Array  # bool [S, N, T]: episode starts
+    scores: dict[str, Any]  # ``skills.sbd.score_switches``'s, views "hidden" and "revealed"
+    chosen: dict[str, Segmentation]  # {view: [S, N, T]} at the config's gap
+    model: ActionModel
+    params: dict[str, Any]  # {view: action-model params [S, ...]}
+    loss: dict[str, np.ndarray]  # {view: [S, total_steps]}
+
+
+def detect_switches(
+    config: SwitchingConfig,
+    env: Any,
+    env_params: Any,
+    actors: Sequence[Actor],
+    keys: Mapping[str, jax.Array],
+    info_keys: Sequence[str] = (),
+    lap: Callable[[str], Any] | None = None,
+) -> SwitchRun:
+    """Switching demonstrations of ``actors``, unconditional action models trained on windows
+    of them, SBD over a sweep of the gap with the fixed-length and random baselines, scored
+    against the true switches, for S seeds in one program each stage (``keys``: {stage: [S]}
+    for every one of ``STAGES``). The negative control "revealed" sees the acting behaviour's
+    one-hot in the observation. ``lap(stage_s)`` is called as each stage ends."""
+    config.validate()
+    require(len(actors) >= 2, f"switching needs at least two actors, got {len(actors)}")
+    missing = set(STAGES) - set(keys)
+    require(not missing, f"detect_switches: keys lacks the stage(s) {sorted(missing)}")
+    lap = lap or (lambda stage: None)
+    schedule = (config.num_demos, config.demo_steps, config.min_segment, config.max_segment)
+    demos_of = lambda k: switching_demos(
+        k, env, env_params, actors, *schedule, config.deterministic, info_keys
+    )
+    demos = jax.block_until_ready(jax.jit(jax.vmap(demos_of))(keys["demos"]))  # [S, N, T]
+    lap("demos_s")
+    data, true, behaviour = demos.transitions, demos.boundary, demos.behaviour
+    revealed = jnp.concatenate([data.obs, jax.nn.one_hot(behaviour, len(actors))], axis=-1)
+    obs = {"hidden": data.obs, "revealed": revealed}
+    start = episode_starts(data.terminated, data.truncated)  # [S, N, T]
+
+    window = config.train_window  # [S, N, T, ...] -> [S, N * T / W, W, ...]
+    cut = lambda x: x.reshape(x.shape[0], -1, window, *x.shape[3:])
+    model, params, loss = sbd.action_models(
+        config.model, env.action_space(env_params), jax.tree.map(cut, data),
+        {view: cut(o) for view, o in obs.items()}, keys["action_model"],
+    )  # fmt: skip
+    lap("action_model_s")
+
+    scores, chosen = sbd.score_switches(
+        model, params, obs, data.action, start, true, behaviour, config.boundary, config.gaps,
+        config.tolerances, keys["baselines"], config.fixed_lengths, config.random_rates,
+    )  # fmt: skip
+    lap("segmentation_s")
+    return SwitchRun(demos, start, scores, chosen, model, params, loss)

@@ -20,6 +20,7 @@ from agents.replay.datasets import (
     DatasetError,
     collect,
     episode_returns,
+    episode_subset,
     load_dataset,
     normalized_score,
     save_dataset,
@@ -281,3 +282,20 @@ def test_a_killed_save_leaves_no_dataset_and_a_half_written_one_is_rewritten(
     save(single, tmp_path)  # no overwrite needed: it was incomplete
     assert dataset_complete(ID, tmp_path)
     assert load_dataset(ID, tmp_path)[0].reward.shape == (450,)
+
+
+def test_episode_subset_keeps_whole_episodes_in_order():
+    lengths = np.array([3, 5, 2, 7, 4, 6])  # 27 steps, episode i's rewards all i
+    ends = np.cumsum(lengths) - 1
+    reward = np.repeat(np.arange(6.0), lengths)
+    done = np.zeros(27, bool)
+    done[ends] = True
+    data = Transition(np.arange(27.0)[:, None], np.zeros((27, 1)), reward, np.zeros((27, 1)),
+                      done & (reward % 2 == 0), done & (reward % 2 == 1))  # fmt: skip
+    for fraction in (0.1, 0.4, 1.0):
+        subset = episode_subset(data, fraction, seed=3)
+        kept = np.unique(subset.reward).astype(int)
+        np.testing.assert_array_equal(subset.reward, np.repeat(kept, lengths[kept]))  # whole
+        assert subset.reward.size >= fraction * 27  # enough transitions
+        assert subset.reward.size - lengths[kept].max() < fraction * 27  # not one episode more
+        np.testing.assert_array_equal(np.diff(subset.obs[:, 0]) > 0, True)  # original order

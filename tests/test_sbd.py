@@ -20,6 +20,7 @@ from skills.action_model import (
     make_action_model,
 )
 from skills.boundary import BoundaryConfig, detect_boundaries
+from skills.evaluate import STAGES, MultiSkillSBDConfig, evaluate_sbd
 from skills.policies import (
     GoalData,
     GoalPolicyConfig,
@@ -234,6 +235,12 @@ def test_bad_config_is_named():
         make_goal_policy(GoalPolicyConfig(batch_size=0), spaces.Discrete(5), data)
     with pytest.raises(ValueError, match=r"GoalPolicyConfig\.total_steps=0 is invalid"):
         make_goal_policy(GoalPolicyConfig(total_steps=0), spaces.Discrete(5), data)
+    env, params = envs.make("MultiSkill")
+    with pytest.raises(ValueError, match="eval_demos=9 <= num_demos=8"):
+        evaluate_sbd(MultiSkillSBDConfig(num_demos=8, eval_demos=9), env, params, {})
+    with pytest.raises(ValueError, match=r"lacks the stage\(s\) \['baselines', 'evaluate'"):
+        keys = {stage: jax.random.split(jax.random.key(0), 2) for stage in STAGES[:2]}
+        evaluate_sbd(MultiSkillSBDConfig(), env, params, keys)
 
 
 # ---------------------------------------------------------------- the gridworld

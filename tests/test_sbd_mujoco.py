@@ -10,9 +10,15 @@ import pytest
 import envs
 from agents.core import Policy, no_carry
 from agents.sac import SquashedGaussianActor, sac_policy
-from experiments.sbd_mujoco import Args, detect
+from experiments.sbd_mujoco import Args
 from skills.action_model import ActionModelConfig
-from skills.switching import switch_schedule, switching_rollout
+from skills.switching import (
+    STAGES,
+    SwitchingConfig,
+    detect_switches,
+    switch_schedule,
+    switching_rollout,
+)
 
 
 def _runs(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,6 +93,15 @@ def test_args_name_bad_settings():
         Args(demo_steps=1000, train_window=300).validate()
     with pytest.raises(ValueError, match="batch_size"):
         Args(num_demos=1, demo_steps=200, train_window=200).validate()
+    with pytest.raises(ValueError, match="seeds"):
+        Args(seeds=0).validate()
+    env, params = envs.make("HalfCheetah", backend="native")
+    actors = [(scripted(np.zeros(6, np.float32)), None)] * 2
+    with pytest.raises(ValueError, match=r"lacks the stage\(s\) \['baselines'\]"):
+        keys = {s: jax.random.split(jax.random.key(0), 2) for s in STAGES[:2]}
+        detect_switches(SwitchingConfig(), env, params, actors, keys)
+    with pytest.raises(ValueError, match="at least two actors"):
+        detect_switches(SwitchingConfig(), env, params, actors[:1], {})
 
 
 def scripted(target: np.ndarray) -> Policy:
@@ -105,8 +120,7 @@ def test_study_detects_switches_between_distinct_behaviours():
     behaviours, far above fixed-length segmentation; revealing the behaviour kills the spike."""
     targets = (0.6 * np.ones(6), -0.6 * np.ones(6), 0.6 * np.r_[1, -1, 1, -1, 1, -1])
     actors = [(scripted(t.astype(np.float32)), None) for t in targets]
-    args = Args(
-        seeds=2,
+    config = SwitchingConfig(
         num_demos=16,
         demo_steps=200,
         min_segment=20,
@@ -119,10 +133,13 @@ def test_study_detects_switches_between_distinct_behaviours():
         fixed_lengths=(10, 20, 30, 40),
         random_rates=(0.02, 0.05),
     )
-    results, example, _ = detect(args, actors)
-    strict = results["by_tolerance"]["2"]
-    assert strict["best_gap_f1"]["hidden"][0] > 0.8
-    assert strict["best_gap_f1"]["hidden"][0] > strict["fixed_best_f1"][0] + 0.3
-    assert results["spike"]["hidden"]["spike"][0] > 5.0
-    assert results["spike"]["revealed"]["spike"][0] < 0.5 * results["spike"]["hidden"]["spike"][0]
-    assert len(example) == 8 and example[0].shape == (200,)
+    env, params = envs.make("HalfCheetah", backend="native")
+    keys = {stage: jax.random.split(jax.random.key(i), 2) for i, stage in enumerate(STAGES)}
+    run = detect_switches(config, env, params, actors, keys)  # 2 seeds
+    strict = run.scores["by_tolerance"]["2"]
+    f1 = strict["best_gap_f1"]["hidden"]
+    assert f1.shape == (2,) and f1.mean() > 0.8
+    assert f1.mean() > strict["fixed_best_f1"].mean() + 0.3
+    spike = {view: a["spike"].mean() for view, a in run.scores["around"].items()}
+    assert spike["hidden"] > 5.0 and spike["revealed"] < 0.5 * spike["hidden"]
+    assert run.chosen["hidden"].boundary.shape == run.demos.boundary.shape == (2, 16, 200)

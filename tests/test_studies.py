@@ -477,7 +477,7 @@ def test_oer(tmp_path):
     assert len(list((tmp_path / "minari").rglob("metadata.json"))) == 5
 
     from agents.sac import SACConfig
-    from experiments.oer import SEQUENCES
+    from envs.mujoco.variants import SEQUENCES
     from experiments.study import task_datasets
 
     sac = SACConfig(num_steps=30, total_steps=150, learning_starts=60, hidden=(8, 8))
@@ -490,7 +490,7 @@ def test_oer(tmp_path):
 
 def test_oer_sequences_are_valid_env_params():
     import envs
-    from experiments.oer import SEQUENCES
+    from envs.mujoco.variants import SEQUENCES
 
     for env_name, tasks in SEQUENCES.values():
         params = [envs.make(env_name, **kwargs)[1] for kwargs in tasks.values()]

@@ -40,6 +40,7 @@ __all__ = [
     "dataset_path",
     "dataset_root",
     "episode_returns",
+    "episode_subset",
     "load_dataset",
     "normalized_score",
     "save_dataset",
@@ -119,6 +120,18 @@ def episode_returns(transitions: Transition) -> np.ndarray:
         return np.zeros(0)
     sums = np.add.reduceat(reward[: ends[-1] + 1], np.concatenate([[0], ends[:-1] + 1]))
     return sums
+
+
+def episode_subset(data: Transition, fraction: float, seed: int) -> Transition:
+    """Whole episodes of flat ``[N]`` transitions, drawn in random order (numpy ``seed``) until
+    they hold ``fraction`` of the transitions, kept in their original order."""
+    ends = np.flatnonzero(np.asarray(data.terminated) | np.asarray(data.truncated))
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    order = np.random.default_rng(seed).permutation(len(ends))
+    lengths = (ends - starts + 1)[order]
+    keep = order[: int(np.searchsorted(np.cumsum(lengths), fraction * data.reward.shape[0])) + 1]
+    idx = np.concatenate([np.arange(starts[i], ends[i] + 1) for i in np.sort(keep)])
+    return jax.tree.map(lambda x: np.asarray(x)[idx], data)
 
 
 def collect(
