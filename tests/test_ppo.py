@@ -69,6 +69,7 @@ def test_recurrent_ppo_runs_and_resets_memory_per_episode():
     assert np.isfinite(np.asarray(metrics["value_loss"])).all()
 
 
+@pytest.mark.slow  # 50 s on 2 cores; the image path also runs in the export test below
 def test_ppo_learns_breakout_minatar_from_pixels():
     """The conv torso, chosen from the [10, 10, 4] observations: 33k steps (PureJaxRL's MinAtar
     settings, smaller rollouts). Uniformly random actions score 0.38 +- 0.62 per episode (256
