@@ -279,8 +279,7 @@ def evaluate_sbd(
     and ``tour_progress`` {variant: [S]} (the tours also of ``FLAT``, the action model sampled).
     """
     config.validate()
-    missing = set(STAGES) - set(keys)
-    require(not missing, f"evaluate_sbd: keys lacks the stage(s) {sorted(missing)}")
+    sbd.check_stage_keys(keys, STAGES, "evaluate_sbd")
     lap = lap or (lambda stage: None)
     space, steps = env.action_space(env_params), int(env_params.max_steps_in_episode)
     tol = config.tolerance

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agents.hparams import stack_configs
+from agents.hparams import require, stack_configs
 from agents.replay import Transition
 from envs.core import spaces
 from skills.action_model import ActionModel, ActionModelConfig, make_action_model
@@ -39,6 +39,7 @@ from skills.segments import (
 __all__ = [
     "action_models",
     "baseline_scores",
+    "check_stage_keys",
     "detection_scores",
     "nll_around_switches",
     "nll_spikes",
@@ -55,6 +56,18 @@ __all__ = [
 ]
 
 Scores = dict[str, jax.Array]  # precision, recall, f1
+
+
+def check_stage_keys(keys: Mapping[str, jax.Array], stages: Sequence[str], where: str) -> None:
+    """Raise a ValueError unless ``keys`` holds [S] seed keys for every one of ``stages``, the
+    same S for all."""
+    missing = sorted(set(stages) - set(keys))
+    require(not missing, f"{where}: keys lacks the stage(s) {missing}")
+    sizes = {stage: int(np.shape(keys[stage])[0]) for stage in stages}
+    require(
+        len(set(sizes.values())) == 1,
+        f"{where}: every stage needs one key per seed, the same number; got {sizes}",
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

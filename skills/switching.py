@@ -262,8 +262,7 @@ def detect_switches(
     one-hot in the observation. ``lap(stage_s)`` is called as each stage ends."""
     config.validate()
     require(len(actors) >= 2, f"switching needs at least two actors, got {len(actors)}")
-    missing = set(STAGES) - set(keys)
-    require(not missing, f"detect_switches: keys lacks the stage(s) {sorted(missing)}")
+    sbd.check_stage_keys(keys, STAGES, "detect_switches")
     lap = lap or (lambda stage: None)
     schedule = (config.num_demos, config.demo_steps, config.min_segment, config.max_segment)
     demos_of = lambda k: switching_demos(

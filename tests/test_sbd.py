@@ -241,6 +241,10 @@ def test_bad_config_is_named():
     with pytest.raises(ValueError, match=r"lacks the stage\(s\) \['baselines', 'evaluate'"):
         keys = {stage: jax.random.split(jax.random.key(0), 2) for stage in STAGES[:2]}
         evaluate_sbd(MultiSkillSBDConfig(), env, params, keys)
+    keys = {stage: jax.random.split(jax.random.key(0), 2) for stage in STAGES}
+    keys["evaluate"] = jax.random.split(jax.random.key(1), 3)
+    with pytest.raises(ValueError, match=r"one key per seed, the same number; got .*'evaluate': 3"):
+        evaluate_sbd(MultiSkillSBDConfig(), env, params, keys)
 
 
 # ---------------------------------------------------------------- the gridworld
