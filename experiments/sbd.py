@@ -8,7 +8,7 @@ id revealed); downstream, goal-conditioned policies trained on SBD, fixed-length
 segments (hindsight goal: where the segment ended), scored on per-skill success and, sequenced
 by a hierarchical agent, on ordered tours of all objects against flat behaviour cloning.
 
-    python -m experiments.sbd                       # about 15 min on 2 busy CPU cores
+    python -m experiments.sbd                       # 3.5 min on 2 idle CPU cores
     python -m experiments.sbd --seeds 5 --num-demos 2048 --help
 """
 
