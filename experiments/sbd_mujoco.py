@@ -126,7 +126,7 @@ def main(args: Args) -> dict:
         name: {"env_kwargs": BEHAVIOURS[name], "sac_env_steps": meta.get("env_steps"), **s}
         for (name, (_, _, meta)), s in zip(loaded.items(), stats)
     }
-    results, example, lines = detect(args, actors, lap)
+    results, example, lines = detect(study, actors, lap)
     timing = {**lap.timing, "wall_s": time.perf_counter() - study.start}
     results = {"behaviours": behaviours, **results, "timing": timing}
     study.folder().rewrite_metrics(lines)
@@ -142,14 +142,14 @@ def main(args: Args) -> dict:
 
 
 def detect(
-    args: Args, actors: list[tuple[Policy, Any]], lap: Laps | None = None
+    study: Study, actors: list[tuple[Policy, Any]], lap: Laps
 ) -> tuple[dict, tuple, list[dict]]:
     """``skills.switching.detect_switches`` on ``actors`` in HalfCheetah, aggregated over seeds.
 
     Returns (results, an example trajectory of seed 0 for the plot, action-model loss lines).
     """
-    env, env_params = envs.make(ENV, backend="native")
-    keys = {stage: jax.random.split(named_key(args.seed, stage), args.seeds) for stage in STAGES}
+    args, (env, env_params) = study.args, envs.make(ENV, backend="native")
+    keys = {stage: study.seed_keys(stage) for stage in STAGES}
     run = detect_switches(args, env, env_params, actors, keys, INFO, lap)
     demos, scores, true, start = run.demos, run.scores, run.demos.boundary, run.start
     upside_down = np.cos(np.asarray(demos.transitions.obs[..., 1])) < 0  # obs[1]: torso pitch
