@@ -26,7 +26,7 @@ import numpy as np
 import envs  # noqa: F401  (sets the XLA flags before any JAX program runs)
 from agents.ppo import PPOConfig, make_ppo
 from experiments.plots import plot_curves
-from experiments.runner import RunFolder, fmt_ci, iqm_ci, run_loop
+from experiments.runner import ChunkClock, RunFolder, iqm_ci, md_table, run_loop
 from experiments.study import Study, StudyArgs, cli, config_dict, train_policy
 from skills.cultural import (
     TRAINED_VISIBILITY,
@@ -112,10 +112,8 @@ def main(args: MemoryArgs | GoalArgs) -> dict:
         ic = InContextConfig(G, args.population, mode)
         key = study.key("generations")  # common to every chain
         step = in_context_generations(ic, *social[condition][:2], env, params, tasks, key)
-        stamps = [time.perf_counter()]
 
         def log(start, n, m):
-            stamps.append(time.perf_counter())
             last = np.mean(m["trial_returns"][0, :, -1])
             print(f"{condition}, {mode} trial watched, generation {start}: last trial {last:.2f}")
 
@@ -123,11 +121,11 @@ def main(args: MemoryArgs | GoalArgs) -> dict:
             {"trained_visibility": condition} if suffix(condition) else {}
         )
         folder = RunFolder(study.path / f"generations_{mode}{suffix(condition)}", config | extra)
-        _, lines = run_loop(folder, random_demos, step, G, index="generation", on_chunk=log)
+        clock = ChunkClock(log)  # seconds per generation
+        _, lines = run_loop(folder, random_demos, step, G, index="generation", on_chunk=clock)
         trials = np.array([m["trial_returns"] for m in lines], float).transpose(1, 0, 2)
         best = np.array([m["best_last_trial"] for m in lines], float).T
-        seconds = np.diff(stamps)[1:]  # after the first generation (which compiles)
-        return trials, best, float(np.median(seconds)) if seconds.size else float("nan")
+        return trials, best, clock.median_s
 
     chains = {mode: chain("decay", mode) for mode in args.demo_from}
     ablations = {c: chain(c, "last")[0][:, :, -1] for c in conditions if c != "decay"}  # [S, G]
@@ -212,16 +210,13 @@ def _summary(args: MemoryArgs | GoalArgs, r: dict) -> str:
     }
     columns |= {f"trained with visibility {c[-1]}": a for c, a in ablations.items()}
     columns["best member"] = r["best_member_last_trial_per_generation"]
-    rows = [f"| who | {' | '.join(columns)} |", "|---" * (len(columns) + 1) + "|"]
+    rows = [[f"generation {g}", *(c[g] for c in columns.values())] for g in range(G)]
     rows += [
-        f"| generation {g} | {' | '.join(fmt_ci(c[g]) for c in columns.values())} |"
-        for g in range(G)
-    ]
-    rows += [
-        f"| RL^2 trained on {T} trials, trial {G * T} of one lifetime | "
-        f"{fmt_ci(r['rl2_4_trials_last_trial'])} |" + " |" * (len(columns) - 1),
-        f"| RL^2 trained on {G * T} trials, trial {G * T} | "
-        f"{fmt_ci(r[f'rl2_{G * T}_trials_last_trial'])} |" + " |" * (len(columns) - 1),
+        [
+            f"RL^2 trained on {T} trials, trial {G * T} of one lifetime",
+            r["rl2_4_trials_last_trial"],
+        ],
+        [f"RL^2 trained on {G * T} trials, trial {G * T}", r[f"rl2_{G * T}_trials_last_trial"]],
     ]
     diffs = {
         "last generation - generation 0": r["last_generation_minus_generation_0"],
@@ -241,10 +236,10 @@ def _summary(args: MemoryArgs | GoalArgs, r: dict) -> str:
         f"watching the previous best member's {' / '.join(modes)} trial"
         + (", for learners trained with visibility fixed" if ablations else "")
         + f", and the best member ({modes[0]}); differences use the {modes[0]} chain:\n\n"
-        + "\n".join(rows)
-        + "\n\n| difference (per seed) | IQM [95% CI] |\n|---|---|\n"
-        + "".join(f"| {name} | {fmt_ci(d)} |\n" for name, d in diffs.items())
-        + f"\n{args.ppo.total_steps:,} training steps per agent and seed; training "
+        + md_table(["who", *columns], rows)
+        + "\n\n"
+        + md_table(["difference (per seed)", "IQM [95% CI]"], diffs.items())
+        + f"\n\n{args.ppo.total_steps:,} training steps per agent and seed; training "
         f"{t['train_env_steps_per_s']:,.0f} env steps/s (social learner, all seeds); "
         f"{t['generation_wall_s']:.2f} s per generation after the first; "
         f"total {t['total_wall_s']:.0f} s.\n"

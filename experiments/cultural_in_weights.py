@@ -26,7 +26,7 @@ import envs  # noqa: F401  (sets the XLA flags before any JAX program runs)
 from agents.core import export_policy
 from agents.ppo import PPOConfig
 from experiments.plots import plot_curves
-from experiments.runner import fmt_ci, iqm_ci, run_loop
+from experiments.runner import ChunkClock, iqm_ci, md_table, run_loop
 from experiments.study import Study, StudyArgs, cli
 from skills.cultural import (
     VISIBILITY,
@@ -67,21 +67,16 @@ class GoalArgs(Args):
 def _generations(study, name, state, update, total, log):
     """Run ``update`` (one generation of every lineage) ``total`` times, resumably, in
     ``out/name``: (final state, metrics lines, median seconds per generation after the first)."""
-    stamps = [time.perf_counter()]
 
     def step(state, start, n):  # n = 1: a generation is a chunk
         state, metrics = update(state)
         return state, jax.tree.map(lambda x: x[None], metrics)
 
-    def on_chunk(start, n, metrics):
-        stamps.append(time.perf_counter())
-        log(start, jax.tree.map(lambda x: x[0], metrics))
-
+    clock = ChunkClock(lambda start, n, metrics: log(start, jax.tree.map(lambda x: x[0], metrics)))
     state, lines = run_loop(
-        study.folder(name), state, step, total, index="generation", on_chunk=on_chunk
+        study.folder(name), state, step, total, index="generation", on_chunk=clock
     )
-    seconds = np.diff(stamps)[1:]
-    return state, lines, float(np.median(seconds)) if seconds.size else float("nan")
+    return state, lines, clock.median_s
 
 
 def main(args: MemoryArgs | GoalArgs) -> dict:
@@ -176,25 +171,23 @@ def main(args: MemoryArgs | GoalArgs) -> dict:
 def _summary(args: MemoryArgs | GoalArgs, r: dict) -> str:
     G, t = args.generations, r["timing"]
     per_gen = r["return_alone_per_generation"]
-    rows = "\n".join(
-        f"| {g} | {fmt_ci(per_gen['anneal'][g])} | {fmt_ci(per_gen['one'][g])} | "
-        f"{fmt_ci(per_gen['zero'][g])} | {fmt_ci(r['single_agent_per_block'][g])} |"
-        for g in range(G)
-    )
+    cells = lambda g: [per_gen[c][g] for c in ("anneal", "one", "zero")]
+    rows = [[g, *cells(g), r["single_agent_per_block"][g]] for g in range(G)]
+    diffs = [
+        ["last generation - generation 0", r["last_generation_minus_generation_0"]],
+        [f"last generation - single agent ({G} x steps)", r["last_generation_minus_single_agent"]],
+        ["visibility 1 -> 0 - fixed 0, last generation", r["anneal_minus_zero_last_generation"]],
+    ]
     return (
         f"# In-weights cultural accumulation, {args.task.name} ({args.task.describe()}), "
         f"{args.seeds} seeds, population {args.population}\n\n"
         "Return playing alone; IQM [95% CI] over seeds of the population "
         f"mean; the single agent is evaluated after (g + 1) x {args.ppo.total_steps:,} "
         "steps.\n\n"
-        f"| generation | visibility 1 -> 0 | fixed 1 | fixed 0 | single agent |\n"
-        f"|---|---|---|---|---|\n{rows}\n\n"
-        f"| difference (per seed) | IQM [95% CI] |\n|---|---|\n"
-        f"| last generation - generation 0 | {fmt_ci(r['last_generation_minus_generation_0'])} |\n"
-        f"| last generation - single agent ({G} x steps) | "
-        f"{fmt_ci(r['last_generation_minus_single_agent'])} |\n"
-        f"| visibility 1 -> 0 - fixed 0, last generation | "
-        f"{fmt_ci(r['anneal_minus_zero_last_generation'])} |\n\n"
+        + md_table(["generation", "visibility 1 -> 0", "fixed 1", "fixed 0", "single agent"], rows)
+        + "\n\n"
+        + md_table(["difference (per seed)", "IQM [95% CI]"], diffs)
+        + "\n\n"
         f"{t['generation_wall_s']:.1f} s per generation after the first "
         f"(3 conditions x {args.seeds} seeds x "
         f"{args.population} agents, {t['generation_env_steps_per_s']:,.0f} env steps/s); "

@@ -29,7 +29,7 @@ from agents.hparams import require
 from agents.replay.datasets import load_dataset
 from envs.core import spaces
 from experiments.plots import figure
-from experiments.runner import fmt_ci, iqm_ci, write_atomic
+from experiments.runner import iqm_ci, md_table, write_atomic
 from experiments.study import Study, StudyArgs, cli
 from skills.action_model import ActionModelConfig
 from skills.discover import discover
@@ -152,9 +152,8 @@ def _summary(r: dict) -> str:
         f"{r['segments_per_trajectory']:.1f} segments per trajectory (seed 0).",
     ]
     if "scores" in r:
-        lines += ["", "| precision | recall | F1 |", "|---|---|---|"]
-        lines += ["| " + " | ".join(fmt_ci(r["scores"][k]) for k in ("precision", "recall", "f1"))
-                  + " |"]  # fmt: skip
+        prf = [r["scores"][k] for k in ("precision", "recall", "f1")]
+        lines += ["", md_table(["precision", "recall", "F1"], [prf])]
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,7 @@ import envs
 from agents.evaluation import evaluate
 from agents.ppo import PPOConfig, make_ppo
 from experiments.plots import plot_curves
-from experiments.runner import final_score, fmt_ci, iqm_ci
+from experiments.runner import final_score, fmt_ci, iqm_ci, md_table
 from experiments.study import Study, StudyArgs, cli, parse_env_kwargs, train_policy
 
 
@@ -76,12 +76,15 @@ def main(args: Args) -> dict:
 
 def _summary(args: Args, r: dict) -> str:
     kind = "recurrent" if args.ppo.recurrent else "feed-forward"
+    ci = lambda k: fmt_ci(r[k], 3)
+    rows = [
+        ["final training return (last 10% of updates)", ci("train_return_iqm_ci")],
+        [f"greedy evaluation return ({args.eval_envs} episodes/seed)", ci("greedy_return_iqm_ci")],
+    ]
     return (
         f"# PPO on {args.env} ({kind}), {args.seeds} seeds\n\n"
-        "| metric | IQM [95% CI] |\n|---|---|\n"
-        f"| final training return (last 10% of updates) | {fmt_ci(r['train_return_iqm_ci'], 3)} |\n"
-        f"| greedy evaluation return ({args.eval_envs} episodes/seed) | "
-        f"{fmt_ci(r['greedy_return_iqm_ci'], 3)} |\n\n"
+        + md_table(["metric", "IQM [95% CI]"], rows)
+        + "\n\n"
         f"{args.ppo.num_updates * args.ppo.batch_size:,} env steps per seed; wall-clock "
         f"{r['wall_s']:.1f} s (compile {r['compile_s']:.1f} s), "
         f"{r['steps_per_s']:,.0f} env steps/s over all seeds.\n"

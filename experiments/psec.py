@@ -33,7 +33,7 @@ from agents.evaluation import evaluate
 from agents.sac import SACConfig
 from envs.mujoco.variants import BEHAVIOURS, DYNAMICS
 from experiments.plots import plot_intervals
-from experiments.runner import fmt_ci, iqm_ci
+from experiments.runner import iqm_ci, md_table
 from experiments.study import Study, StudyArgs, cli, demonstrations, sac_experts
 from skills.compose import ComposeConfig, fit_losses, make_composition
 from skills.library import SkillLibrary, composing_policy, learn_skill
@@ -228,10 +228,9 @@ def _summary(args: Args, r: dict) -> str:
         f"episodes; skills and target: {args.skill_episodes} "
         f"episodes each of {args.episode_steps} steps. Target expert's return: "
         f"{r['target_expert_return']:.0f}.\n",
-        "| library | return on its own task |\n|---|---|",
-        *(f"| {k} | {fmt_ci(v)} |" for k, v in r["library"].items()),
-        "\n| arm | return on the target |\n|---|---|",
-        *(f"| {k} | {fmt_ci(v)} |" for k, v in r["target"].items()),
+        md_table(["library", "return on its own task"], r["library"].items()),
+        "",
+        md_table(["arm", "return on the target"], r["target"].items()),
     ]
     if "anchored_starts" in r:  # seeds whose anchored alpha started at each skill
         counts = ", ".join(f"{k} in {v}" for k, v in r["anchored_starts"].items())

@@ -33,7 +33,7 @@ from agents.evaluation import evaluate
 from agents.iql import IQLConfig, advantage_weights, make_iql
 from agents.sac import SACConfig
 from experiments.plots import plot_intervals
-from experiments.runner import fmt_ci, iqm_ci
+from experiments.runner import fmt_ci, iqm_ci, md_table
 from experiments.study import Study, StudyArgs, cli, demonstrations, sac_experts
 from skills.compose import ComposeConfig, make_composition
 from skills.library import SkillLibrary, composing_policy, learn_skill
@@ -187,19 +187,16 @@ def main(args: Args) -> dict:
 
 def _summary(args: Args, r: dict) -> str:
     d = r["dataset"]
+    header = ["arm", "normalised return", "normalised cost (<= 1 is safe)", "return"]
+    cells = lambda m: [m["normalized_return"], m["normalized_cost"], fmt_ci(m["return"], 0)]
+    rows = [[a, *cells(m)] for a, m in r["arms"].items()]
     lines = [
         f"# PSEC, safe composition on HalfCheetah ({args.seeds} seeds, IQM [95% CI])\n",
         f"Velocity limit {args.velocity_limit} m/s, cost limit {args.cost_limit} per episode. "
         f"Data: {d['episodes']} episodes ({d['safe_episodes']} safe), returns "
         f"{d['return_range'][0]:.0f} to {d['return_range'][1]:.0f}, mean cost "
         f"{d['mean_cost']:.0f}.\n",
-        "| arm | normalised return | normalised cost (<= 1 is safe) | return |",
-        "|---|---|---|---|",
-        *(
-            f"| {a} | {fmt_ci(m['normalized_return'])} | {fmt_ci(m['normalized_cost'])} | "
-            f"{fmt_ci(m['return'], 0)} |"
-            for a, m in r["arms"].items()
-        ),
+        md_table(header, rows),
     ]
     return "\n".join(lines) + "\n"
 

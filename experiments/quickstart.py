@@ -23,7 +23,7 @@ from agents.evaluation import evaluate
 from agents.ppo import PPOConfig, make_ppo
 from envs.gridworlds.multi_skill import rollout_expert
 from experiments.plots import plot_curves
-from experiments.runner import fmt_ci, iqm_ci
+from experiments.runner import iqm_ci, md_table
 from experiments.study import Study, StudyArgs, cli, train_policy
 
 # A sequence whose next symbol is not a function of the previous one: memory is required.
@@ -117,21 +117,16 @@ def main(args: Args) -> dict:
         results[name] = run(
             study, f"memory_{name}", config, "MemorySequence", memory_env, args.memory_seeds
         )
-    lines = [
-        "# Quickstart results",
-        "",
-        "| study | greedy return IQM [95% CI] | reference |",
-        "|---|---|---|",
-        f"| PPO, multi-skill gridworld, command visible ({args.seeds} seeds) | "
-        f"{fmt_ci(results['multiskill'])} | scripted expert {results['expert']:.2f} |",
-    ]
-    for name in ("recurrent", "feedforward"):
-        lines.append(
-            f"| {name} PPO, Memory Sequence {MEMORY_SEQUENCE} ({args.memory_seeds} seeds) | "
-            f"{fmt_ci(results[name])} | perfect {len(MEMORY_SEQUENCE)} |"
-        )
-    lines += ["", f"Total wall-clock {time.perf_counter() - study.start:.0f} s."]
-    return study.finish(results, "\n".join(lines) + "\n")
+    memory = f"PPO, Memory Sequence {MEMORY_SEQUENCE} ({args.memory_seeds} seeds)"
+    rows = [
+        [f"PPO, multi-skill gridworld, command visible ({args.seeds} seeds)",
+         results["multiskill"], f"scripted expert {results['expert']:.2f}"],
+        *([f"{name} {memory}", results[name], f"perfect {len(MEMORY_SEQUENCE)}"]
+          for name in ("recurrent", "feedforward")),
+    ]  # fmt: skip
+    table = md_table(["study", "greedy return IQM [95% CI]", "reference"], rows)
+    wall = f"Total wall-clock {time.perf_counter() - study.start:.0f} s."
+    return study.finish(results, f"# Quickstart results\n\n{table}\n\n{wall}\n")
 
 
 def paper() -> Args:

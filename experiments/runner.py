@@ -20,7 +20,7 @@ import os
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from agents.hparams import check_fits
 from experiments import loggers
 
 __all__ = [
+    "ChunkClock",
     "DivergenceError",
     "FolderBusy",
     "Laps",
@@ -46,6 +47,7 @@ __all__ = [
     "iqm",
     "iqm_ci",
     "lock_folder",
+    "md_table",
     "run_chunked",
     "run_loop",
     "seed_sharding",
@@ -65,6 +67,24 @@ class Laps:
     def __call__(self, stage: str) -> None:
         now = time.perf_counter()
         self.timing[stage], self._last = now - self._last, now
+
+
+class ChunkClock:
+    """An ``on_chunk`` for ``run_loop`` that notes when each chunk ends, then calls ``then``;
+    ``median_s``: the median seconds per chunk after the first (which compiles), NaN if none."""
+
+    def __init__(self, then: Callable[[int, int, dict], None] | None = None):
+        self.then, self.stamps = then, [time.perf_counter()]
+
+    def __call__(self, start: int, n: int, metrics: dict) -> None:
+        self.stamps.append(time.perf_counter())
+        if self.then is not None:
+            self.then(start, n, metrics)
+
+    @property
+    def median_s(self) -> float:
+        seconds = np.diff(self.stamps)[1:]
+        return float(np.median(seconds)) if seconds.size else float("nan")
 
 
 def iqm(scores: np.ndarray) -> float:
@@ -88,6 +108,18 @@ def iqm_ci(values: np.ndarray, reps: int = 2000, seed: int = 0) -> tuple[float, 
 def fmt_ci(ci: tuple[float, float, float] | list[float], digits: int = 2) -> str:
     """An ``iqm_ci`` result as ``point [lo, hi]``."""
     return f"{ci[0]:.{digits}f} [{ci[1]:.{digits}f}, {ci[2]:.{digits}f}]"
+
+
+def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A markdown table (no final newline), short rows ending in blank cells; a cell that is an
+    ``iqm_ci`` triple prints through ``fmt_ci``, any other through ``str``."""
+    cell = lambda c: fmt_ci(c) if isinstance(c, tuple | list) and len(c) == 3 else str(c)
+
+    def line(cells: Sequence[Any]) -> str:
+        cells = [*map(cell, cells)] + [""] * (len(header) - len(cells))
+        return "| " + " | ".join(cells) + " |"
+
+    return "\n".join([line(header), "|---" * len(header) + "|", *map(line, rows)])
 
 
 def final_score(returns: np.ndarray, fraction: float = 0.1) -> np.ndarray:

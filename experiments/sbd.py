@@ -124,7 +124,7 @@ def _summary(args: Args, r: dict) -> str:
         *detection_table(r, ARM_LABELS, gap, chosen),
         f"| events only | {cells(r['events_only'], ('precision', 'recall', 'f1'))} |",
         "",
-        *spike_table(spike, "skill"),
+        spike_table(spike, "skill"),
         "\n| goal-conditioned policy trained on | mean segment | per-skill success | "
         "hierarchical tour: success | tour: objects reached |\n|---|---|---|---|---|",
     ]

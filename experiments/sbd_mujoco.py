@@ -32,7 +32,7 @@ from agents.hparams import require
 from agents.sac import SACConfig, make_sac
 from envs.mujoco import variants
 from experiments.plots import plot_curves, plot_detection, plot_segmented, segment_video
-from experiments.runner import Laps, RunFolder, fmt_ci, iqm_ci
+from experiments.runner import Laps, RunFolder, fmt_ci, iqm_ci, md_table
 from experiments.study import (
     Study,
     StudyArgs,
@@ -181,6 +181,8 @@ def detect(
 
 def _summary(args: Args, r: dict) -> str:
     names, g = list(r["behaviours"]), r["chosen_gap"]
+    kind = lambda k: f"{names[k['from']]} -> {names[k['to']]}"
+    switches = [[kind(k), k["count"], k["recall"]] for k in r["recall_by_switch"]]
     lines = [
         f"# Skill-boundary detection on switching {ENV} demonstrations "
         f"({args.seeds} seeds, IQM [95% CI])\n",
@@ -203,13 +205,9 @@ def _summary(args: Args, r: dict) -> str:
         lines += [f"\nTolerance +-{tol} steps:\n", *detection_table(s, ARMS, g, s["chosen"])]
     lines += [
         f"\nRecall at gap {g:g} (+-{min(args.tolerances)} steps) by kind of switch:\n",
-        "| switch | count | recall |\n|---|---|---|",
-        *(
-            f"| {names[k['from']]} -> {names[k['to']]} | {k['count']} | {fmt_ci(k['recall'])} |"
-            for k in r["recall_by_switch"]
-        ),
+        md_table(["switch", "count", "recall"], switches),
         "",
-        *spike_table(r["spike"], "behaviour"),
+        spike_table(r["spike"], "behaviour"),
         "\nTiming (s): " + ", ".join(f"{k} {v:.0f}" for k, v in r["timing"].items()) + ".",
     ]
     return "\n".join(lines) + "\n"

@@ -61,6 +61,7 @@ from experiments.runner import (
     fmt_ci,
     iqm_ci,
     lock_folder,
+    md_table,
     run_chunked,
     stored_results,
     write_atomic,
@@ -222,16 +223,12 @@ SPIKE_COLUMNS = {
 }
 
 
-def spike_table(spikes: Mapping[str, Mapping[str, Any]], what: str) -> list[str]:
-    """The markdown rows of the action models' NLL spikes {arm: {metric: (iqm, lo, hi)}} (from
+def spike_table(spikes: Mapping[str, Mapping[str, Any]], what: str) -> str:
+    """The markdown table of the action models' NLL spikes {arm: {metric: (iqm, lo, hi)}} (from
     ``skills.sbd.nll_spikes`` or ``nll_around_switches``), a row per arm labelled ``what arm``."""
     keys = [k for k in SPIKE_COLUMNS if k in next(iter(spikes.values()))]
-    row = lambda first, cells: f"| {first} | " + " | ".join(cells) + " |"
-    return [
-        row("action model", (SPIKE_COLUMNS[k] for k in keys)),
-        "|---" * (len(keys) + 1) + "|",
-        *(row(f"{what} {a}", (fmt_ci(s[k]) for k in keys)) for a, s in spikes.items()),
-    ]
+    rows = [[f"{what} {a}", *(s[k] for k in keys)] for a, s in spikes.items()]
+    return md_table(["action model", *(SPIKE_COLUMNS[k] for k in keys)], rows)
 
 
 def seedwise(fn: Callable[..., Any], *xs: Any, what: str = "training") -> Any:

@@ -48,7 +48,7 @@ from agents.sac import SACConfig, make_sac
 from agents.td3_bc import TD3BCConfig, make_td3_bc
 from envs.gridworlds.multi_skill import check_params, rollout_expert
 from experiments.plots import plot_intervals, plot_profiles
-from experiments.runner import final_score, fmt_ci, iqm_ci, run_chunked
+from experiments.runner import final_score, iqm_ci, md_table, run_chunked
 from experiments.study import Study, StudyArgs, cli, config_dict, named_key, parse_env_kwargs
 from skills.action_model import ActionModelConfig, make_action_model
 
@@ -244,10 +244,8 @@ def _summary(args: Args, r: dict) -> str:
         f"Final {r['metric']} (mean over the last 10% of updates), IQM [95% CI] over seeds; "
         f"best first. Base config: {json.dumps(r['base'])}",
         "",
-        "| setting | IQM [95% CI] |",
-        "|---|---|",
+        md_table(["setting", "IQM [95% CI]"], [(name, s["iqm_ci"]) for name, s in rows]),
     ]
-    lines += [f"| {name} | {fmt_ci(s['iqm_ci'])} |" for name, s in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -10,10 +10,12 @@ import envs
 from agents.checkpoint import Checkpointer, CheckpointError
 from agents.ppo import PPOConfig, make_ppo
 from experiments.runner import (
+    ChunkClock,
     DivergenceError,
     RunFolder,
     fmt_ci,
     iqm_ci,
+    md_table,
     run_chunked,
     run_loop,
 )
@@ -72,6 +74,24 @@ def test_iqm_ci_brackets_the_iqm():
     assert point == pytest.approx(4.5)
     assert fmt_ci((point, lo, 5.256)) == f"4.50 [{lo:.2f}, 5.26]"
     assert fmt_ci([48.14, 40.0, 50.5], 1) == "48.1 [40.0, 50.5]"
+
+
+def test_md_table_formats_intervals_and_pads_short_rows():
+    table = md_table(["arm", "score", "note"], [("a", (1.0, 0.5, 1.25), "x"), ["b", [2, 1, 3]]])
+    assert table == (
+        "| arm | score | note |\n|---|---|---|\n"
+        "| a | 1.00 [0.50, 1.25] | x |\n| b | 2.00 [1.00, 3.00] |  |"
+    )
+
+
+def test_chunk_clock_times_chunks_after_the_first(tmp_path):
+    seen = []
+    clock = ChunkClock(lambda start, n, metrics: seen.append((start, n)))
+    step = lambda state, start, n: (state + n, {"x": np.zeros(n)})
+    run_loop(RunFolder(tmp_path, {"loop": 1}), np.zeros(()), step, total=5, chunk=2, on_chunk=clock)
+    assert seen == [(0, 2), (2, 2), (4, 1)] and len(clock.stamps) == 4
+    assert clock.median_s == pytest.approx(np.median(np.diff(clock.stamps)[1:]))
+    assert np.isnan(ChunkClock().median_s)  # no chunk ran (a finished run resumed)
 
 
 def test_run_loop_resumes_a_generic_loop(tmp_path):
