@@ -26,7 +26,7 @@ import numpy as np
 import envs  # noqa: F401  (sets the XLA flags before any JAX program runs)
 from agents.ppo import PPOConfig, make_ppo
 from experiments.plots import plot_curves
-from experiments.runner import ChunkClock, RunFolder, iqm_ci, md_table, run_loop
+from experiments.runner import ChunkClock, RunFolder, iqm_ci, iqm_ci_columns, md_table, run_loop
 from experiments.study import Study, StudyArgs, cli, config_dict, train_policy
 from skills.cultural import (
     TRAINED_VISIBILITY,
@@ -137,12 +137,11 @@ def main(args: MemoryArgs | GoalArgs) -> dict:
     long_trials = play(long, long_params, 1, study.key("rl2_long", "lifetime"))
 
     last = gen_trials[:, :, -1]  # [S, G]
-    per_generation = lambda x: [iqm_ci(x[:, g]) for g in range(G)]
     results = {
-        "last_trial_return_per_generation": per_generation(last),
-        "best_member_last_trial_per_generation": per_generation(best_last),
+        "last_trial_return_per_generation": iqm_ci_columns(last),
+        "best_member_last_trial_per_generation": iqm_ci_columns(best_last),
         "last_trial_return_per_generation_by_demo": {
-            mode: per_generation(c[0][:, :, -1]) for mode, c in chains.items()
+            mode: iqm_ci_columns(c[0][:, :, -1]) for mode, c in chains.items()
         },
         "rl2_4_trials_last_trial": iqm_ci(rl2_trials[:, -1]),
         "rl2_4_trials_best_trial": iqm_ci(rl2_trials.max(axis=1)),
@@ -159,7 +158,7 @@ def main(args: MemoryArgs | GoalArgs) -> dict:
     }
     if ablations:
         results["ablations_last_trial_per_generation"] = {
-            c: per_generation(a) for c, a in ablations.items()
+            c: iqm_ci_columns(a) for c, a in ablations.items()
         }
         results["ablations_last_generation_minus_generation_0"] = {
             c: iqm_ci(a[:, -1] - a[:, 0]) for c, a in ablations.items()

@@ -26,7 +26,7 @@ import envs  # noqa: F401  (sets the XLA flags before any JAX program runs)
 from agents.core import export_policy
 from agents.ppo import PPOConfig
 from experiments.plots import plot_curves
-from experiments.runner import ChunkClock, iqm_ci, md_table, run_loop
+from experiments.runner import ChunkClock, iqm_ci, iqm_ci_columns, md_table, run_loop
 from experiments.study import Study, StudyArgs, cli
 from skills.cultural import (
     VISIBILITY,
@@ -130,16 +130,15 @@ def main(args: MemoryArgs | GoalArgs) -> dict:
     single = stack(base_lines, "return_alone")  # [S, G]
 
     anneal = mean_member[0]
-    per_generation = lambda x: [iqm_ci(x[:, g]) for g in range(G)]
     results = {
         "return_alone_per_generation": {
-            c: per_generation(mean_member[i]) for i, c in enumerate(CONDITIONS)
+            c: iqm_ci_columns(mean_member[i]) for i, c in enumerate(CONDITIONS)
         },
         "best_member_per_generation": {
-            c: per_generation(best_member[i]) for i, c in enumerate(CONDITIONS)
+            c: iqm_ci_columns(best_member[i]) for i, c in enumerate(CONDITIONS)
         },
-        "return_with_demonstrators_visible_anneal": per_generation(social[0].mean(axis=1)),
-        "single_agent_per_block": per_generation(single),
+        "return_with_demonstrators_visible_anneal": iqm_ci_columns(social[0].mean(axis=1)),
+        "single_agent_per_block": iqm_ci_columns(single),
         "last_generation_minus_generation_0": iqm_ci(anneal[:, -1] - anneal[:, 0]),
         "last_generation_minus_single_agent": iqm_ci(anneal[:, -1] - single[:, -1]),
         "anneal_minus_zero_last_generation": iqm_ci(anneal[:, -1] - mean_member[2, :, -1]),

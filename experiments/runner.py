@@ -105,6 +105,12 @@ def iqm_ci(values: np.ndarray, reps: int = 2000, seed: int = 0) -> tuple[float, 
     return float(point["x"][0]), float(ci["x"][0, 0]), float(ci["x"][1, 0])
 
 
+def iqm_ci_columns(values: np.ndarray) -> list[tuple[float, float, float]]:
+    """``iqm_ci`` of each column of ``values`` [num_seeds, K] (one interval per generation,
+    trial or setting)."""
+    return [iqm_ci(column) for column in np.asarray(values).T]
+
+
 def fmt_ci(ci: tuple[float, float, float] | list[float], digits: int = 2) -> str:
     """An ``iqm_ci`` result as ``point [lo, hi]``."""
     return f"{ci[0]:.{digits}f} [{ci[1]:.{digits}f}, {ci[2]:.{digits}f}]"

@@ -15,6 +15,7 @@ from experiments.runner import (
     RunFolder,
     fmt_ci,
     iqm_ci,
+    iqm_ci_columns,
     md_table,
     run_chunked,
     run_loop,
@@ -74,6 +75,12 @@ def test_iqm_ci_brackets_the_iqm():
     assert point == pytest.approx(4.5)
     assert fmt_ci((point, lo, 5.256)) == f"4.50 [{lo:.2f}, 5.26]"
     assert fmt_ci([48.14, 40.0, 50.5], 1) == "48.1 [40.0, 50.5]"
+
+
+def test_iqm_ci_columns_is_one_interval_per_column():
+    x = np.stack([np.arange(10.0), 10 * np.arange(10.0)], axis=1)  # [seeds, 2]
+    assert iqm_ci_columns(x) == [iqm_ci(np.arange(10.0)), iqm_ci(10 * np.arange(10.0))]
+    assert iqm_ci_columns(x)[1][0] == pytest.approx(45.0)
 
 
 def test_md_table_formats_intervals_and_pads_short_rows():
