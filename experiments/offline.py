@@ -28,7 +28,7 @@ from agents.iql import IQLConfig, make_iql
 from agents.replay.datasets import episode_returns, load_dataset, normalized_score
 from agents.td3_bc import TD3BCConfig, make_td3_bc
 from experiments.plots import plot_curves
-from experiments.runner import RunFolder, fmt_ci, iqm_ci, stored_results, write_atomic
+from experiments.runner import RunFolder, fmt_ci, iqm_ci, md_table, stored_results, write_atomic
 from experiments.study import Study, StudyArgs, cli, config_dict, train_policy
 
 ALGOS = {"td3_bc": ("TD3+BC", make_td3_bc), "iql": ("IQL", make_iql)}
@@ -177,20 +177,19 @@ def run_one(study: Study, args: Args, algo: str, task: str, level: str) -> dict:
 
 def table(rows: list[dict]) -> str:
     """The results table: our scores beside the dataset's behaviour and CORL's figures."""
-    lines = [
-        "| algorithm | dataset | score IQM [95% CI] | with D4RL refs | dataset's own | CORL (D4RL) "
-        "| steps | updates/s (incl. eval) |",
-        "|---|---|---|---|---|---|---|---|",
+    header = ["algorithm", "dataset", "score IQM [95% CI]", "with D4RL refs", "dataset's own"]
+    header += ["CORL (D4RL)", "steps", "updates/s (incl. eval)"]
+    row = lambda r: [
+        ALGOS[r["algo"]][0],
+        f"{r['task']}-{r['level']}",
+        fmt_ci(r["score_iqm_ci"], 1),
+        fmt_ci(r["d4rl_score_iqm_ci"], 1),
+        f"{r['behaviour_score']:.1f}",
+        f"{r['corl']:.1f}" if r.get("corl") is not None else "",
+        f"{r['gradient_steps']:,}",
+        f"{r['updates_per_s']:.0f}",
     ]
-    for r in rows:
-        corl = f"{r['corl']:.1f}" if r.get("corl") is not None else ""
-        lines.append(
-            f"| {ALGOS[r['algo']][0]} | {r['task']}-{r['level']} | "
-            f"{fmt_ci(r['score_iqm_ci'], 1)} | "
-            f"{fmt_ci(r['d4rl_score_iqm_ci'], 1)} | {r['behaviour_score']:.1f} | {corl} | "
-            f"{r['gradient_steps']:,} | {r['updates_per_s']:.0f} |"
-        )
-    return "\n".join(lines) + "\n"
+    return md_table(header, map(row, rows)) + "\n"
 
 
 def main(args: Args) -> dict:

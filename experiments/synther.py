@@ -35,7 +35,7 @@ from agents.sac import SACConfig, make_sac
 from agents.synther import SynthERConfig, fit_synthesizer, make_synther, quality, upsample
 from agents.td3_bc import TD3BCConfig, make_td3_bc
 from experiments.plots import plot_curves, plot_intervals, plot_moments
-from experiments.runner import Laps, RunFolder, final_score, fmt_ci, iqm_ci
+from experiments.runner import Laps, RunFolder, final_score, fmt_ci, iqm_ci, md_table
 from experiments.study import Study, StudyArgs, cli, config_dict, parse_env_kwargs, train_policy
 
 
@@ -173,39 +173,36 @@ def summary(args: Args, r: dict) -> str:
             f"steps (fit {d['fit_s']:.0f} s, {args.num_synthetic} samples in "
             f"{d['sample_s']:.0f} s).",
             "",
-            "| part | max abs mean gap (real stds) | synthetic / real std |",
-            "|---|---|---|",
         ]
-        for g, v in q["moments"].items():
-            gap, lo, hi = (
-                v[k] for k in ("max_abs_mean_gap_in_std", "std_ratio_min", "std_ratio_max")
-            )
-            lines.append(f"| {g} | {gap:.3f} | {lo:.2f}-{hi:.2f} |")
-        lines += [
-            "",
-            "| data | reward MAE vs simulator | next-state MSE (real std^2) | terminal agreement |",
-            "|---|---|---|---|",
+        moment = lambda g, v: [
+            g,
+            f"{v['max_abs_mean_gap_in_std']:.3f}",
+            f"{v['std_ratio_min']:.2f}-{v['std_ratio_max']:.2f}",
         ]
-        for name, c, prefix in (
-            ("real", q["consistency_real"], ""),
-            ("synthetic", q["consistency_synthetic"], ""),
-            ("synthetic, shuffled pairs", q["consistency_synthetic"], "shuffled_"),
-        ):
-            mae, mse, agree = (
-                c[prefix + k] for k in ("reward_mae", "next_obs_mse", "terminal_agreement")
-            )
-            lines.append(f"| {name} | {mae:.4f} | {mse:.4f} | {agree:.3f} |")
+        header = ["part", "max abs mean gap (real stds)", "synthetic / real std"]
+        lines += [md_table(header, [moment(g, v) for g, v in q["moments"].items()]), ""]
+        consistency = lambda name, c, prefix: [
+            name,
+            f"{c[prefix + 'reward_mae']:.4f}",
+            f"{c[prefix + 'next_obs_mse']:.4f}",
+            f"{c[prefix + 'terminal_agreement']:.3f}",
+        ]
+        rows = [
+            consistency("real", q["consistency_real"], ""),
+            consistency("synthetic", q["consistency_synthetic"], ""),
+            consistency("synthetic, shuffled pairs", q["consistency_synthetic"], "shuffled_"),
+        ]
+        header = ["data", "reward MAE vs simulator", "next-state MSE (real std^2)"]
+        lines += [md_table([*header, "terminal agreement"], rows)]
         t = q["terminal_rate"]
         lines += ["", f"Terminal rate: real {t['real']:.4f}, synthetic {t['synthetic']:.4f}.", ""]
     for study, label in (("offline", "normalised score"), ("online", "final training return")):
         rows = r.get("offline", {}) if study == "offline" else r.get("online", {}).get("arms", {})
         if rows:
             lines += [f"## {study} ({label}, IQM over {args.seeds} seeds, 95% CI)", ""]
-            lines += ["| arm | IQM [95% CI] | per seed |", "|---|---|---|"]
-            for name, v in rows.items():
-                per_seed = ", ".join(f"{x:.1f}" for x in v["per_seed"])
-                lines.append(f"| {name} | {fmt_ci(v['iqm_ci'], 1)} | {per_seed} |")
-            lines.append("")
+            per_seed = lambda v: ", ".join(f"{x:.1f}" for x in v["per_seed"])
+            cells = [[n, fmt_ci(v["iqm_ci"], 1), per_seed(v)] for n, v in rows.items()]
+            lines += [md_table(["arm", "IQM [95% CI]", "per seed"], cells), ""]
     return "\n".join(lines)
 
 
