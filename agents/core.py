@@ -125,7 +125,8 @@ class Agent:
     ``learn`` is one gradient step (PPO: one rollout and its epochs; SAC: one env step and its
     ``utd`` gradient steps); ``update`` is ``learn`` repeated for one metrics line (offline
     learners: ``eval_every`` steps and an evaluation); ``train`` runs ``num_updates`` updates
-    from ``init(key)``. ``steps_per_update`` counts ``step_unit``s (env or gradient steps).
+    from ``init(key)``. ``steps_per_update`` counts ``step_unit``s (env or gradient steps);
+    ``steps_before`` those that ``init`` takes (SAC's uniformly random warm-up).
     """
 
     def __init__(
@@ -139,6 +140,7 @@ class Agent:
         steps_per_update: int,
         step_unit: str = "env steps",
         train: Callable[[jax.Array], tuple[PyTree, Metrics]] | None = None,
+        steps_before: int = 0,
     ):
         self.policy = policy
         self.init = init
@@ -149,6 +151,11 @@ class Agent:
         self.steps_per_update = int(steps_per_update)
         self.step_unit = step_unit
         self.train = self._train if train is None else train
+        self.steps_before = int(steps_before)
+
+    def steps_at(self, updates: Any) -> np.ndarray:
+        """``step_unit``s taken once ``updates`` updates are done, ``init``'s included."""
+        return self.steps_before + self.steps_per_update * np.asarray(updates)
 
     def _train(self, key: jax.Array) -> tuple[PyTree, Metrics]:
         """A whole run: ``num_updates`` updates from ``init(key)``; metrics [num_updates]."""
@@ -251,6 +258,7 @@ def batched(make: Callable[[PyTree], Agent], settings: PyTree) -> Agent:
         first.steps_per_update,
         first.step_unit,
         train,
+        first.steps_before,
     )
 
 

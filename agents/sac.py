@@ -395,4 +395,5 @@ def make_sac(
         lambda state: state.learner.actor.params,
         num_updates=config.num_updates,
         steps_per_update=config.steps_per_update,
+        steps_before=config.learning_starts,
     )

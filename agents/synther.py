@@ -380,4 +380,5 @@ def make_synther(config: SynthERConfig, env: Any, env_params: Any) -> Agent:
         num_updates=config.num_updates,
         steps_per_update=config.retrain_every,
         train=train,
+        steps_before=config.sac.learning_starts,
     )

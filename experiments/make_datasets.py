@@ -118,9 +118,8 @@ def make_task_datasets(study: Study, args: Args, task: str) -> dict:
     )  # fmt: skip
     run = jax.tree.map(lambda x: x[0], run)  # the one seed
 
-    # Stage k ends after learning_starts + (k + 1) * snapshot_every env steps.
     evals = metrics["eval_return"][0]
-    stage_steps = args.sac.learning_starts + args.snapshot_every * (np.arange(evals.size) + 1)
+    stage_steps = agent.steps_at(np.arange(evals.size) + 1)  # the warm-up included
     expert = int(np.argmax(evals))
     expert_return = float(evals[expert])
     medium = medium_snapshot(evals, expert_return)

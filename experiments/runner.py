@@ -405,7 +405,8 @@ def run_chunked(
     Returns (final batched state, metrics {name: [num_seeds, num_updates, ...]}, timing).
     ``timing["train_s"]``: compile and run seconds over every process that trained in
     ``folder`` (a resumed run counts the earlier ones; kept in ``train_time.json``).
-    The metrics lines count ``agent.step_unit`` (``env_steps`` or ``gradient_steps``) per seed.
+    The metrics lines count ``agent.step_unit`` (``env_steps`` or ``gradient_steps``) per seed,
+    ``agent.steps_before`` (SAC's random warm-up) included.
 
     Divergence (a ``*loss*`` metric non-finite or past ``loss_limit`` in size, or non-finite
     policy parameters after a chunk) raises ``DivergenceError`` with the last good checkpoint
@@ -453,7 +454,7 @@ def run_chunked(
             )
         if exclude_diverged:
             metrics = _exclude(metrics, diverged, np.asarray(finite), start, loss_limit)
-        steps = (start + 1 + np.arange(n)) * per_update
+        steps = agent.steps_at(start + 1 + np.arange(n))
         return state, {agent.step_unit.replace(" ", "_"): steps, **metrics}
 
     own_bar = bar is None

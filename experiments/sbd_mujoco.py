@@ -102,7 +102,7 @@ def behaviour_policy(args: Args, name: str) -> tuple[Policy, Any, dict]:
         key = named_key(args.seed, "behaviour", name)
         video = (*env_and_params, args.video)
         _, metrics, _ = train_policy(folder, sac, key, 1, 5, args.progress, meta, video=video)
-        steps = args.sac.learning_starts + sac.steps_per_update * (np.arange(sac.num_updates) + 1)
+        steps = sac.steps_at(np.arange(sac.num_updates) + 1)
         curve = {"training (stochastic)": metrics["return"]}
         plot_curves(path / "learning_curve.png", steps, curve, "env steps", "episode return", name)
     return load_policy(path / "policy")

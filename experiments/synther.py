@@ -147,8 +147,9 @@ def online(study: Study, args: Args) -> dict:
     kwargs = parse_env_kwargs(args.online_env_kwargs, "--online-env-kwargs")
     env, params = envs.make(args.online_env, **kwargs)
     sac = cfg.sac_config  # one update per refit period, as SynthER's
+    synther = make_synther(cfg, env, params)
     arms = {
-        f"SynthER UTD {cfg.sac.utd}": (make_synther(cfg, env, params), cfg),
+        f"SynthER UTD {cfg.sac.utd}": (synther, cfg),
         f"SAC UTD {cfg.sac.utd}": (make_sac(sac, env, params), sac),
         "SAC UTD 1": (make_sac(sac.replace(utd=1), env, params), sac.replace(utd=1)),
     }
@@ -156,7 +157,7 @@ def online(study: Study, args: Args) -> dict:
     for name, (agent, config) in arms.items():
         path, key = ("online", name.replace(" ", "_")), study.key("online")
         rows[name], curves[name] = train_arm(study, args, path, agent, config, key, "return", 0.34)
-    steps = cfg.sac.learning_starts + cfg.retrain_every * (1 + np.arange(cfg.num_updates))
+    steps = synther.steps_at(1 + np.arange(synther.num_updates))  # every arm's x-axis
     title = f"{args.online_env}: SynthER vs SAC ({args.seeds} seeds)"
     plot_curves(study.path / "online_curves.png", steps, curves, "env steps", "return", title)
     return {"env": args.online_env, "arms": rows}

@@ -203,6 +203,14 @@ def test_vmapped_seeds_match_single_runs_and_differ(tiny, chunked):
     assert any(not np.allclose(y[0], y[1]) for y in actor)
 
 
+def test_metrics_lines_count_the_random_warm_up(tiny, chunked):
+    """Env steps in metrics.jsonl count from the first env step: 400 random ones, then 16 per
+    update."""
+    lines = RunFolder(chunked[0], {"sac": "tiny"}).read_metrics()
+    assert [line["env_steps"] for line in lines] == [416, 432]
+    assert tiny.sac.steps_at([1, 2]).tolist() == [416, 432]
+
+
 @pytest.mark.slow  # test_runner checks resumption (PPO); this adds the buffer and keys
 def test_resume_matches_uninterrupted(chunked, tmp_path):
     """A run stopped after its first checkpoint and restarted ends exactly like the full run."""

@@ -88,6 +88,7 @@ def with_snapshots(
         num_updates=num_stages,
         steps_per_update=agent.steps_per_update * updates_per_stage,
         step_unit=agent.step_unit,
+        steps_before=agent.steps_before,
     )
 
 
