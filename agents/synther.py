@@ -64,12 +64,14 @@ __all__ = [
 
 
 class Synthesizer(NamedTuple):
-    """A diffusion model of one dataset's transitions, trained, with the shapes to split them."""
+    """A diffusion model of one dataset's transitions, trained, with the shapes to split them
+    and the dataset's action range ([act_dim] min and max) that generated actions are kept in."""
 
     model: Diffusion
     state: DiffusionState
     obs_dim: int
     act_dim: int
+    action_range: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def fit_synthesizer(
@@ -86,14 +88,24 @@ def fit_synthesizer(
     vectors = transitions_to_vectors(data)
     model = make_diffusion(config, vectors.shape[1])
     state, losses = fit(model, vectors, key, skip_dims=(vectors.shape[1] - 1,), progress=progress)
-    return Synthesizer(model, state, obs_dim, act_dim), losses
+    action_range = (np.min(data.action, axis=0), np.max(data.action, axis=0))
+    return Synthesizer(model, state, obs_dim, act_dim, action_range), losses
 
 
 def upsample(
-    synth: Synthesizer, num_samples: int, key: jax.Array, chunk_size: int = 100_000
+    synth: Synthesizer,
+    num_samples: int,
+    key: jax.Array,
+    chunk_size: int = 100_000,
+    clip_actions: bool = True,
 ) -> Transition:
     """``num_samples`` synthetic transitions as host (numpy) arrays, drawn ``chunk_size`` at a
-    time so the device only ever holds one chunk."""
+    time so the device only ever holds one chunk.
+
+    With ``clip_actions`` generated actions are clipped to ``synth.action_range`` (the fitted
+    data's), where the env would clip them and where tanh-squashed policies can score them.
+    The reference keeps them unclipped (its learners' Gaussian and MSE losses accept them).
+    """
     require(
         isinstance(num_samples, int | np.integer) and num_samples >= 1,
         f"num_samples={num_samples!r} must be a positive int",
@@ -119,6 +131,8 @@ def upsample(
     for i, start in enumerate(range(0, num_samples, chunk)):
         x = np.asarray(sample(synth.state, jax.random.fold_in(key, i), chunk))
         part = vectors_to_transitions(x, obs_dim)
+        if clip_actions and synth.action_range is not None:
+            part = part._replace(action=np.clip(part.action, *synth.action_range))
         n = min(chunk, num_samples - start)
         for dst, src in zip(out, part):
             dst[start : start + n] = src[:n]

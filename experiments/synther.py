@@ -112,7 +112,9 @@ def offline_and_quality(study: Study, args: Args, studies: set[str]) -> dict:
     synthetic = upsample(synth, args.num_synthetic, study.key("upsample"), chunk_size=50_000)
     lap("sample_s")
     final_loss = float(losses[-max(1, len(losses) // 20) :].mean())
-    results["diffusion"] = {**lap.timing, "final_loss": final_loss}
+    lo, hi = synth.action_range  # rows with an action clipped into the data's range:
+    clipped = float(((synthetic.action == lo) | (synthetic.action == hi)).any(axis=1).mean())
+    results["diffusion"] = {**lap.timing, "final_loss": final_loss, "clipped_action_rows": clipped}
     if "quality" in studies:
         q = quality(env, params, subset, synthetic, study.key("quality"), args.quality_samples)
         plot_moments(study.path / "quality_moments.png", q["per_dimension"])
@@ -165,16 +167,19 @@ def online(study: Study, args: Args) -> dict:
 
 def summary(args: Args, r: dict) -> str:
     lines = [f"# SynthER studies ({args.study})", ""]
-    if "quality" in r:
-        q, d = r["quality"], r["diffusion"]
+    if "diffusion" in r:
+        d = r["diffusion"]
         lines += [
             f"Dataset `{args.dataset}`: {r['transitions']} transitions; subset "
             f"{r['subset_transitions']}; diffusion width {args.diffusion.width}, "
             f"{args.diffusion.total_steps} steps, {args.diffusion.num_sample_steps} sampler "
             f"steps (fit {d['fit_s']:.0f} s, {args.num_synthetic} samples in "
-            f"{d['sample_s']:.0f} s).",
+            f"{d['sample_s']:.0f} s; {d['clipped_action_rows']:.1%} of them with an action "
+            "clipped into the data's range).",
             "",
         ]
+    if "quality" in r:
+        q = r["quality"]
         moment = lambda g, v: [
             g,
             f"{v['max_abs_mean_gap_in_std']:.3f}",

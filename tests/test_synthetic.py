@@ -76,6 +76,20 @@ def test_upsample_in_chunks_is_deterministic_and_shaped():
     assert not np.allclose(out.obs[:1000], out.obs[1000:2000])  # chunks use fresh noise
 
 
+def test_upsampled_actions_stay_in_the_fitted_data_range():
+    data = random_transitions(40)
+    synth = untrained_synthesizer(data)  # an untrained denoiser: samples far out of range
+    raw = upsample(synth, 500, jax.random.key(1), clip_actions=False)
+    low, high = np.full(2, -0.5, np.float32), np.full(2, 0.5, np.float32)
+    assert ((raw.action < low) | (raw.action > high)).any()
+    out = upsample(synth._replace(action_range=(low, high)), 500, jax.random.key(1))
+    np.testing.assert_array_equal(out.action, np.clip(raw.action, low, high))
+    np.testing.assert_array_equal(out.next_obs, raw.next_obs)  # only actions change
+    fitted, _ = fit_synthesizer(data, TINY.replace(total_steps=1), jax.random.key(0))
+    np.testing.assert_array_equal(fitted.action_range[0], data.action.min(0))
+    np.testing.assert_array_equal(fitted.action_range[1], data.action.max(0))
+
+
 def test_moments_of_identical_data():
     data = random_transitions(100)
     m = moments(data, data)
