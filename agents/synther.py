@@ -88,7 +88,8 @@ def fit_synthesizer(
     vectors = transitions_to_vectors(data)
     model = make_diffusion(config, vectors.shape[1])
     state, losses = fit(model, vectors, key, skip_dims=(vectors.shape[1] - 1,), progress=progress)
-    action_range = (np.min(data.action, axis=0), np.max(data.action, axis=0))
+    action = np.asarray(data.action, np.float32)  # the dtype of generated transitions
+    action_range = (action.min(axis=0), action.max(axis=0))
     return Synthesizer(model, state, obs_dim, act_dim, action_range), losses
 
 
