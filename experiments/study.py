@@ -54,6 +54,7 @@ from agents.replay import Transition
 from agents.replay.datasets import collect, dataset_complete, load_dataset, save_dataset
 from agents.replay.levels import medium_snapshot, uniform_policy, with_snapshots
 from agents.sac import SACConfig, make_sac
+from envs.platform import describe
 from experiments import loggers
 from experiments.plots import write_gif
 from experiments.runner import (
@@ -343,8 +344,9 @@ class Study:
         return RunFolder(self.path.joinpath(*parts), {**self.config, **config_dict(config)})
 
     def finish(self, results: dict, summary: str) -> dict:
-        """Write ``results.json`` (with the wall-clock time) and ``summary.md``; print it."""
-        results = {**results, "wall_s": time.perf_counter() - self.start}
+        """Write ``results.json`` (with the wall-clock time and the machine,
+        ``envs.platform.describe()``) and ``summary.md``; print it."""
+        results = {**results, "wall_s": time.perf_counter() - self.start, "machine": describe()}
         self._write_config()  # the config these results come from
         text = json.dumps(config_dict(results), indent=2, default=float)
         write_atomic(self.path / "results.json", text)

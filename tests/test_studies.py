@@ -12,16 +12,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import pkgutil
 import tomllib
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from fresh_process import ROOT, run_module
 from PIL import Image
 
 import experiments
+from envs.platform import ISA_FLAGS
 
 SCAFFOLD = {"runner", "study", "plots", "loggers"}
 
@@ -46,6 +49,7 @@ def check_outputs(out: Path, allow_nan: tuple[str, ...] = ()) -> dict:
             raise AssertionError(f"{path} is null (NaN or missing)")
 
     walk(results, "results")
+    assert results["machine"]["jax"] == jax.__version__  # what the numbers came from
     return results
 
 
@@ -529,7 +533,11 @@ def test_a_finished_study_returns_its_results_and_a_refused_one_changes_nothing(
     study = Study("s", args)
     assert study.finished() is None
     study.finish({"score": 1.0}, "# s\n")
-    assert Study("s", args).finished()["score"] == 1.0
+    stored = Study("s", args).finished()
+    assert stored["score"] == 1.0
+    machine = stored["machine"]  # XLA compiles for the host CPU: results name it
+    assert machine["xla_flags"] == os.environ.get("XLA_FLAGS", "")
+    assert set(machine["cpu"]["isa"]) <= set(ISA_FLAGS) and machine["device_count"] >= 1
     assert Study("s", dataclasses.replace(args, overwrite=True)).finished() is None
     assert Study("s", dataclasses.replace(args, progress=False)).finished() is not None
     other = Study("s", dataclasses.replace(args, seeds=3))  # another config: runs, and until it
