@@ -21,6 +21,7 @@ import tyro
 import envs
 from agents.replay import Transition
 from benchmarks.timing import timed as _timed
+from benchmarks.timing import write_json
 from envs.gridworlds.multi_skill import rollout_expert
 from skills.action_model import ActionModel, ActionModelConfig, episode_starts, make_action_model
 from skills.boundary import BoundaryConfig, detect_boundaries
@@ -106,10 +107,7 @@ def main(args: Args) -> dict:
         "train_gradient_steps_per_s": 1 / per_step,
         "train_compile_s": train_compile,
     }
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
-    return result
+    return write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from envs.platform import describe
+
 
 def timed(fn: Callable[..., Any], *args: Any, repeats: int) -> tuple[float, float]:
     """(compile seconds, median run seconds) of ``jax.jit(fn)(*args)`` over ``repeats`` runs."""
@@ -26,11 +28,11 @@ def timed(fn: Callable[..., Any], *args: Any, repeats: int) -> tuple[float, floa
 
 
 def write_json(out: str | None, result: Any) -> Any:
-    """Write ``result`` to ``out`` as JSON (paths and other objects as strings) when ``out`` is
-    given; return ``result``."""
+    """Write ``{"figures": result, "machine": envs.platform.describe()}`` to ``out`` as JSON
+    (paths and other objects as strings) when ``out`` is given; return ``result``."""
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w") as f:
-            json.dump(result, f, indent=1, default=str)
+            json.dump({"figures": result, "machine": describe()}, f, indent=1, default=str)
         print(f"wrote {out}")
     return result
