@@ -266,6 +266,9 @@ class SynthERConfig:
     num_synthetic: int = static(100_000)  # samples generated at every refit
     sample_chunk: int = static(10_000)  # samples drawn per sampler call
     synthetic_ratio: float = static(0.5)  # fraction of each batch from the synthetic buffer
+    # generated actions clipped to the env's action space, as ``upsample`` does by default (the
+    # reference keeps them unclipped: False)
+    clip_actions: bool = static(True)
 
     @property
     def sac_config(self) -> SACConfig:
@@ -345,7 +348,8 @@ def make_synther(config: SynthERConfig, env: Any, env_params: Any) -> Agent:
     )
     sac = make_sac(sac_cfg, env, env_params, sample_batch=batch)
     obs_dim = int(env.observation_space(env_params).shape[0])
-    act_dim = int(env.action_space(env_params).shape[0])
+    space = env.action_space(env_params)
+    act_dim = int(space.shape[0])
     dim = 2 * obs_dim + act_dim + 2
     model = make_diffusion(config.diffusion, dim)
     num_chunks = config.num_synthetic // config.sample_chunk
@@ -360,6 +364,8 @@ def make_synther(config: SynthERConfig, env: Any, env_params: Any) -> Agent:
         keys = jax.random.split(k_sample, num_chunks)
         samples = jax.lax.map(lambda k: model.sample(diffusion, k, config.sample_chunk), keys)
         synthetic = vectors_to_transitions(samples.reshape(-1, dim), obs_dim)
+        if config.clip_actions:
+            synthetic = synthetic._replace(action=jnp.clip(synthetic.action, space.low, space.high))
         return state._replace(aux=SyntheticBuffer(synthetic, jnp.array(True)))
 
     def init(key: jax.Array) -> SACState:

@@ -220,3 +220,17 @@ def test_online_synther_refits_on_the_real_buffer_and_trains_end_to_end():
     assert metrics["return"].shape == (2,) and np.isfinite(metrics["critic_loss"]).all()
     assert bool(state.aux.ready)  # refitted once, after the first period (the last is skipped)
     assert np.isfinite(np.asarray(state.aux.data.obs)).all()
+
+
+@pytest.mark.slow  # compiles two refits; run with -m slow
+def test_online_synthetic_actions_stay_in_the_action_space_unless_asked():
+    """A barely trained denoiser generates actions past Pendulum's [-2, 2]: the refit clips
+    them by default and keeps them with ``clip_actions=False`` (the reference's behaviour)."""
+    config = online_config()
+    config = config.replace(diffusion=config.diffusion.replace(total_steps=2))
+    largest = {}
+    for clip in (True, False):
+        synther = make_synther(config.replace(clip_actions=clip), *PENDULUM)
+        state, _ = jax.jit(synther.update)(jax.jit(synther.init)(jax.random.key(0)))
+        largest[clip] = float(np.abs(np.asarray(state.aux.data.action)).max())
+    assert largest[True] <= 2.0 < largest[False], largest
