@@ -67,10 +67,25 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
-#: Config fields added after runs were stored (by their last name): a stored config without
-#: one ran with this value, the behaviour from before the field existed, so it still matches a
-#: config that gives that value.
-ADDED_FIELDS: dict[str, Any] = {"start": "uniform", "anchor": 0.0, "clone_steps": 1}
+_MISSING = object()
+
+#: Config fields added after runs were stored, by the end of their dotted path: a stored
+#: config without one ran with this value, the behaviour from before the field existed, so it
+#: still matches a config that gives that value.
+ADDED_FIELDS: dict[str, Any] = {
+    "compose.start": "uniform",
+    "compose.anchor": 0.0,
+    "oer.clone_steps": 1,
+    "clip_actions": False,  # online SynthER (agents.synther.SynthERConfig)
+}
+
+
+def _added_field(key: str) -> Any:
+    """The old-behaviour value of config key ``key`` (a dotted path) if it was added later."""
+    for field, value in ADDED_FIELDS.items():
+        if key == field or key.endswith(f".{field}"):
+            return value
+    return _MISSING
 
 
 def _flatten_config(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -201,8 +216,8 @@ class Checkpointer:
         ours, theirs = _flatten_config(self.config), _flatten_config(stored)
         missing = "<missing>"
         for key in set(ours) - set(theirs):
-            if key.rsplit(".", 1)[-1] in ADDED_FIELDS:
-                theirs[key] = ADDED_FIELDS[key.rsplit(".", 1)[-1]]
+            if (value := _added_field(key)) is not _MISSING:
+                theirs[key] = value
         diffs = [
             f"{key}: stored {theirs.get(key, missing)!r}, given {ours.get(key, missing)!r}"
             for key in sorted(set(ours) | set(theirs))

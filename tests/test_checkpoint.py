@@ -132,6 +132,16 @@ def test_a_field_added_later_matches_stored_runs_at_its_old_behaviour(tmp_path: 
         )
 
 
+def test_an_added_field_is_matched_by_its_path_not_its_last_name(tmp_path: Path) -> None:
+    """``compose.start`` was added later; a field ``start`` elsewhere was not, so a stored run
+    without it is another config."""
+    Checkpointer(tmp_path, {**CONFIG, "schedule": {"lr": 0.1}}).save(1, make_state(1))
+    with pytest.raises(CheckpointError, match=r"schedule\.start"):
+        Checkpointer(tmp_path, {**CONFIG, "schedule": {"lr": 0.1, "start": "uniform"}}).restore(
+            make_state(0)
+        )
+
+
 def test_structure_mismatch_names_first_leaf(tmp_path: Path) -> None:
     ckpt = Checkpointer(tmp_path, CONFIG)
     ckpt.save(1, make_state(1))
