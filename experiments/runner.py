@@ -34,6 +34,7 @@ from tqdm import tqdm
 from agents.checkpoint import Checkpointer, write_atomic
 from agents.core import Agent, DivergenceError, check_losses, diverging, seed_sharding
 from agents.hparams import check_fits
+from envs.platform import describe
 from experiments import loggers
 
 __all__ = [
@@ -211,7 +212,23 @@ class RunFolder:
         config_file = self.path / "config.json"
         if not config_file.exists():
             write_atomic(config_file, json.dumps(self.config, indent=2, sort_keys=True))
+        self._check_machine()
         self.metrics_file = self.path / "metrics.jsonl"
+
+    def _check_machine(self) -> None:
+        """Record the machine in ``machine.json``; warn when another one resumes the run (the
+        config may match, but XLA's code, and so the floating-point path, need not)."""
+        here, file = describe(), self.path / "machine.json"
+        if not file.exists():
+            write_atomic(file, json.dumps(here, indent=2, sort_keys=True))
+            return
+        first = json.loads(file.read_text())
+        if changed := sorted(k for k in here.keys() | first.keys() if here.get(k) != first.get(k)):
+            warnings.warn(
+                f"{self.path} was started on another machine (its machine.json differs in "
+                f"{', '.join(changed)}): the resumed run need not reproduce one run on one machine",
+                stacklevel=3,
+            )
 
     def read_metrics(self, upto: int | None = None, index: str = "update") -> list[dict]:
         """Metric lines with ``line[index] < upto`` (all when None). A torn last line (a kill

@@ -1,6 +1,7 @@
 """The runner: resume after a stop reproduces an uninterrupted run; files and aggregates."""
 
 import json
+import warnings
 
 import jax
 import numpy as np
@@ -67,6 +68,21 @@ def test_resume_with_another_config_is_refused(tmp_path):
     run_loop(RunFolder(tmp_path, {"cfg": "tiny"}), np.zeros(()), step, total=2)
     with pytest.raises(CheckpointError, match="cfg: stored 'tiny', given 'other'"):
         run_loop(RunFolder(tmp_path, {"cfg": "other"}), np.zeros(()), step, total=2)
+
+
+def test_a_run_resumed_on_another_machine_says_so(tmp_path):
+    """The first machine is kept in machine.json; reopening the folder on the same one is
+    silent, on another (here: another CPU recorded) a warning names what differs."""
+    RunFolder(tmp_path, {"cfg": "tiny"})
+    first = json.loads((tmp_path / "machine.json").read_text())
+    assert first["cpu"]["machine"] and first["backend"] == jax.default_backend()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RunFolder(tmp_path, {"cfg": "tiny"})
+    first["cpu"] = {**first["cpu"], "isa": ["sse4_2"]}
+    (tmp_path / "machine.json").write_text(json.dumps(first))
+    with pytest.warns(UserWarning, match=r"another machine \(its machine.json differs in cpu\)"):
+        RunFolder(tmp_path, {"cfg": "tiny"})
 
 
 def test_iqm_ci_brackets_the_iqm():
