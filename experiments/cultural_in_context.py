@@ -130,11 +130,13 @@ def main(args: MemoryArgs | GoalArgs) -> dict:
     chains = {mode: chain("decay", mode) for mode in args.demo_from}
     ablations = {c: chain(c, "last")[0][:, :, -1] for c in conditions if c != "decay"}  # [S, G]
     gen_trials, best_last, gen_s = chains[args.demo_from[0]]
-    play = lambda agent, env_params, lifetimes, key: lifetime_returns(
-        task, *agent[:2], rl2_env, env_params, tasks, key, args.population, lifetimes
+    play = lambda agent, env_params, n, key: lifetime_returns(
+        task, *agent[:2], rl2_env, env_params, tasks, key, args.population, n
     )
-    rl2_trials = play(rl2, rl2_params, G, study.key("rl2", "lifetime"))  # [S, G*T]
-    long_trials = play(long, long_params, 1, study.key("rl2_long", "lifetime"))
+    lifetimes = {  # [S, G*T] returns per trial of one lifetime, per RL^2 baseline
+        "rl2": play(rl2, rl2_params, G, study.key("rl2", "lifetime")),
+        "rl2_long": play(long, long_params, 1, study.key("rl2_long", "lifetime")),
+    }
 
     last = gen_trials[:, :, -1]  # [S, G]
     results = {
@@ -143,18 +145,12 @@ def main(args: MemoryArgs | GoalArgs) -> dict:
         "last_trial_return_per_generation_by_demo": {
             mode: iqm_ci_columns(c[0][:, :, -1]) for mode, c in chains.items()
         },
-        "rl2_4_trials_last_trial": iqm_ci(rl2_trials[:, -1]),
-        "rl2_4_trials_best_trial": iqm_ci(rl2_trials.max(axis=1)),
-        f"rl2_{G * T}_trials_last_trial": iqm_ci(long_trials[:, -1]),
-        f"rl2_{G * T}_trials_best_trial": iqm_ci(long_trials.max(axis=1)),
-        "last_generation_minus_generation_0": iqm_ci(last[:, -1] - last[:, 0]),
-        "last_generation_minus_rl2_4": iqm_ci(last[:, -1] - rl2_trials[:, -1]),
-        f"last_generation_minus_rl2_{G * T}": iqm_ci(last[:, -1] - long_trials[:, -1]),
-        "per_seed": {
-            "generation_last_trial": last,
-            "rl2_4_trials": rl2_trials,
-            f"rl2_{G * T}_trials": long_trials,
-        },
+        "rl2_trained_trials": {"rl2": T, "rl2_long": G * T},
+        "rl2_last_trial": {k: iqm_ci(v[:, -1]) for k, v in lifetimes.items()},
+        "rl2_best_trial": {k: iqm_ci(v.max(axis=1)) for k, v in lifetimes.items()},
+        "last_generation_minus": {"generation_0": iqm_ci(last[:, -1] - last[:, 0])}
+        | {k: iqm_ci(last[:, -1] - v[:, -1]) for k, v in lifetimes.items()},
+        "per_seed": {"generation_last_trial": last, **lifetimes},
     }
     if ablations:
         results["ablations_last_trial_per_generation"] = {
@@ -174,23 +170,21 @@ def main(args: MemoryArgs | GoalArgs) -> dict:
         "generation_wall_s": gen_s,
         "total_wall_s": time.perf_counter() - study.start,
     }
-    _plots(study, args, chains, ablations, rl2_trials, long_trials, social, rl2, long, results)
+    _plots(study, args, chains, ablations, lifetimes, social, rl2, long, results)
     return study.finish(results, _summary(args, results))
 
 
-def _plots(study, args, chains, ablations, rl2_trials, long_trials, social, rl2, long, r):
+def _plots(study, args, chains, ablations, lifetimes, social, rl2, long, r):
     G, T, S, name = args.generations, args.num_trials, args.seeds, args.task.name
     plot = lambda file, *rest: plot_curves(study.path / file, *rest)
-    hlines = {
-        f"RL^2 {T} trials, trial {G * T}": r["rl2_4_trials_last_trial"],
-        f"RL^2 {G * T} trials, trial {G * T}": r[f"rl2_{G * T}_trials_last_trial"],
-    }
+    trained = {k: f"RL^2 {n} trials" for k, n in r["rl2_trained_trials"].items()}
+    hlines = {f"{trained[k]}, trial {G * T}": ci for k, ci in r["rl2_last_trial"].items()}
     curves = {f"social learner, watching the {m} trial": c[0][:, :, -1] for m, c in chains.items()}
     curves |= {f"trained with visibility {c.replace('_', ' ')}": a for c, a in ablations.items()}
     labels = ("generation", "last-trial return", f"In-context accumulation, {name}")
     plot("return_per_generation.png", np.arange(G), curves, *labels, hlines)
     trials = {f"generations, {m} trial watched": c[0].reshape(S, G * T) for m, c in chains.items()}
-    trials |= {f"RL^2 {T} trials, one lifetime": rl2_trials, f"RL^2 {G * T} trials": long_trials}
+    trials |= {trained[k]: v for k, v in lifetimes.items()}
     x, labels = np.arange(1, G * T + 1), ("trial (cumulative experience)", "trial return")
     plot("return_per_trial.png", x, trials, *labels, f"Return per trial, {name}")
     steps = (np.arange(args.ppo.num_updates) + 1) * args.ppo.batch_size / 1e6
@@ -210,18 +204,12 @@ def _summary(args: MemoryArgs | GoalArgs, r: dict) -> str:
     columns |= {f"trained with visibility {c[-1]}": a for c, a in ablations.items()}
     columns["best member"] = r["best_member_last_trial_per_generation"]
     rows = [[f"generation {g}", *(c[g] for c in columns.values())] for g in range(G)]
-    rows += [
-        [
-            f"RL^2 trained on {T} trials, trial {G * T} of one lifetime",
-            r["rl2_4_trials_last_trial"],
-        ],
-        [f"RL^2 trained on {G * T} trials, trial {G * T}", r[f"rl2_{G * T}_trials_last_trial"]],
-    ]
-    diffs = {
-        "last generation - generation 0": r["last_generation_minus_generation_0"],
-        f"last generation - RL^2 {T} trials": r["last_generation_minus_rl2_4"],
-        f"last generation - RL^2 {G * T} trials": r[f"last_generation_minus_rl2_{G * T}"],
-    }
+    who = {"generation_0": "generation 0"}
+    who |= {k: f"RL^2 trained on {n} trials" for k, n in r["rl2_trained_trials"].items()}
+    for k, ci in r["rl2_last_trial"].items():
+        lifetime = " of one lifetime" if k == "rl2" else ""  # RL^2-long plays one episode
+        rows.append([f"{who[k]}, trial {G * T}{lifetime}", ci])
+    diffs = {f"last generation - {who[k]}": d for k, d in r["last_generation_minus"].items()}
     for c, d in r.get("ablations_last_generation_minus_generation_0", {}).items():
         diffs[f"visibility {c[-1]}: last generation - generation 0"] = d
     for c, d in r.get("decay_minus_ablation_last_generation", {}).items():

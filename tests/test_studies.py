@@ -200,9 +200,14 @@ TINY_CULTURAL += ["--task.num-symbols", "3", "--task.seq-len", "4"]
 
 def test_cultural_in_context(tmp_path):
     argv = ["--num-trials", "2", "--generations", "2", "--population", "2", "--tasks", "2"]
-    run_study(
+    r = run_study(
         "cultural_in_context", tmp_path, "memory", *TINY_CULTURAL, *argv, "--demo-from", "last"
     )
+    # 2 trials x 2 generations: both RL^2 baselines (2 and 4 trials) reported, neither hidden
+    assert r["rl2_trained_trials"] == {"rl2": 2, "rl2_long": 4}
+    assert set(r["rl2_last_trial"]) == set(r["per_seed"]) - {"generation_last_trial"}
+    summary = (tmp_path / "summary.md").read_text()
+    assert "RL^2 trained on 2 trials" in summary and "RL^2 trained on 4 trials" in summary
     assert (tmp_path / "social" / "policy" / "policy.json").exists()
     assert len((tmp_path / "generations_last" / "metrics.jsonl").read_text().splitlines()) == 2
 
