@@ -54,6 +54,7 @@ class _FiveTupleStep:
 
 def _run(name, init, chunk, policy, params_of, env, params, seed, args) -> dict:
     key = jax.random.key(seed)
+    eval_key = jax.random.fold_in(key, 1)  # the same 64 episodes after every chunk
     state = init(key)
     t0 = time.perf_counter()
     compiled = jax.jit(chunk).lower(state).compile()
@@ -66,7 +67,7 @@ def _run(name, init, chunk, policy, params_of, env, params, seed, args) -> dict:
         t0 = time.perf_counter()
         state = jax.block_until_ready(compiled(state))
         train_s += time.perf_counter() - t0
-        curve.append(float(greedy(state, jax.random.key(seed + 1))))
+        curve.append(float(greedy(state, eval_key)))
         if to_target is None and curve[-1] >= args.target:
             to_target = train_s
     steps = args.chunks * args.updates_per_chunk * 512
